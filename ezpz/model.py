@@ -1,0 +1,5 @@
+"""The built-in models, under the names the model-creation guide uses."""
+
+from ezpz_models.mnist.model import MnistCNN
+
+__all__ = ["MnistCNN"]
