@@ -8,7 +8,7 @@ the key, the value and what is allowed.
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,6 @@ import attrs
 import cattrs
 
 from ezpz_core.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -55,7 +50,8 @@ def _field(default: Any, help: str, validator: Any = None) -> Any:
 class TrainConfig:
     """How to train: schedule, optimisation, precision, logging and output."""
 
-    epochs: int | None = _field(None, "passes over the data (default 1 unless max_steps)", _positive)
+    epochs: int | None = _field(None, "passes over the data (default 1 without max_steps)",
+                                _positive)
     max_steps: int | None = _field(None, "stop after this many optimizer steps", _positive)
     batch_size: int = _field(64, "samples per micro-batch on each rank", _positive)
     eval_batch_size: int | None = _field(None, "samples per eval batch (default batch_size)",
@@ -133,10 +129,10 @@ def build(cls: type, values: Mapping[str, Any], section: str) -> Any:
     try:
         return _converter.structure(dict(values), cls)
     except Exception as exc:  # cattrs groups one error per field; report the first
-        leaf, key = _first_leaf(exc)
+        leaf, field = _first_leaf(exc)
         message = str(leaf).splitlines()[0] if str(leaf) else type(leaf).__name__
-        if key is not None:
-            message = f"{key}={values.get(key)!r}: {message}"
+        if field is not None:
+            message = f"{field}={values.get(field)!r}: {message}"
         raise ConfigError(f"[{section}] {message}") from None
 
 

@@ -197,7 +197,7 @@ class Plugins:
 
     def _collect_models(self) -> None:
         by_plugin = {id(info.plugin): info for info in self.infos.values()}
-        for impl in reversed(self.pm.hook.register_models.get_hookimpls()):
+        for impl in self.pm.hook.register_models.get_hookimpls():  # registration order
             info = by_plugin[id(impl.plugin)]
 
             def register(spec: ModelSpec, _info: PluginInfo = info) -> None:
@@ -212,6 +212,8 @@ class Plugins:
 
             try:
                 impl.function(register=register)
+            except PluginError as exc:
+                self._fail(info.name, info.distribution, info.version, str(exc))
             except Exception as exc:  # a plugin's own bug must not hide the other models
                 self._fail(info.name, info.distribution, info.version, f"register_models: {exc}")
 

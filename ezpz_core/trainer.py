@@ -155,7 +155,8 @@ class Trainer:
             if self.module is None:
                 raise PluginError(f"no plugin builds model '{self.model_name}'")
         self.module.to(self.device)
-        self.model = torch.compile(self.module) if self.config.compile else self.module
+        compiled = torch.compile(self.module) if self.config.compile else self.module
+        self.model = compiled  # type: ignore[assignment]
         self.total_steps = self._count_steps()
         built = self.hooks.configure_optimizers(trainer=self, model=self.module)
         self.optimizer, self.scheduler = built if isinstance(built, tuple) else (built, None)
@@ -195,7 +196,9 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------
 
-    def fit(self, train: Iterable[Any] | None = None, eval: Iterable[Any] | None = None) -> FitResult:
+    def fit(
+        self, train: Iterable[Any] | None = None, eval: Iterable[Any] | None = None
+    ) -> FitResult:
         """Train to ``max_steps``/``epochs``; returns the final train and eval metrics."""
         self.setup(train, eval)
         try:
@@ -234,9 +237,9 @@ class Trainer:
     @staticmethod
     def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
         for holder in (loader, getattr(loader, "batch_sampler", None)):
-            sampler = getattr(holder, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+            set_epoch = getattr(getattr(holder, "sampler", None), "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
 
     def _train_epoch(self, loader: Iterable[Any]) -> None:
         assert self.model is not None and self.optimizer is not None

@@ -40,10 +40,10 @@ def loaders(
     """Shuffled training batches (order from seed and epoch) and ordered eval batches."""
     train_set = load_split(root, train=True, download=download)
     eval_set = load_split(root, train=False, download=download)
-    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=seed)
-    eval_sampler = DistributedSampler(eval_set, num_replicas=world_size, rank=rank,
-                                      shuffle=False)
+    sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
+        train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    eval_sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
+        eval_set, num_replicas=world_size, rank=rank, shuffle=False)
     train = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
                        num_workers=num_workers)
     evaluation = DataLoader(eval_set, batch_size=eval_batch_size, sampler=eval_sampler,

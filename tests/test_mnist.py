@@ -1,0 +1,42 @@
+"""The built-in MNIST model and its data handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ezpz
+from ezpz.model import MnistCNN
+from ezpz_core.errors import DataError
+from ezpz_models.mnist.plugin import MnistOptions
+
+
+def test_shapes_and_log_probabilities():
+    out = MnistCNN()(torch.randn(5, 1, 28, 28))
+    assert out.shape == (5, 10)
+    assert torch.allclose(out.exp().sum(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_trains_through_its_plugin_from_the_library(mnist_dir):
+    config = ezpz.TrainConfig(epochs=2, batch_size=32, lr=2e-3)
+    trainer = ezpz.Trainer("mnist", config, model_config=MnistOptions(data_dir=str(mnist_dir)))
+    result = trainer.fit()
+    assert isinstance(trainer.module, MnistCNN)
+    assert result.eval["eval/accuracy"] > 0.5
+    assert trainer.data is not None and len(trainer.data.train.dataset) == 512
+
+
+def test_missing_files_say_where_to_put_them(tmp_path):
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    trainer = ezpz.Trainer("mnist", model_config=MnistOptions(data_dir=str(tmp_path)))
+    with pytest.raises(DataError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert f"MNIST files not found under {tmp_path / 'MNIST' / 'raw'}" in message
+    assert "train-images-idx3-ubyte" in message and "\n" not in message
+
+
+def test_data_dir_from_the_environment(mnist_dir, monkeypatch):
+    monkeypatch.setenv("EZPZ_DATA_DIR", str(mnist_dir))
+    trainer = ezpz.Trainer("mnist", ezpz.TrainConfig(max_steps=1))
+    assert trainer.fit().step == 1
