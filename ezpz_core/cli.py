@@ -193,7 +193,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(cells).rstrip())
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(plugins: Any) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ezpz", description="ezpz: a plugin-based PyTorch trainer."
     )
@@ -201,11 +201,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("train", help="train a model (ezpz train MODEL --help)", add_help=False)
     models = sub.add_parser("models", help="list the models plugins provide")
-    plugins = sub.add_parser("plugins", help="list installed plugins and their hooks")
-    for command in (models, plugins):
+    listing = sub.add_parser("plugins", help="list installed plugins and their hooks")
+    for command in (models, listing):
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.add_argument("--block", action="append", metavar="NAME", help=PLUGIN_HELP)
-    plugins.add_argument("--all", action="store_true", help="include the built-in plugins")
+    listing.add_argument("--all", action="store_true", help="include the built-in plugins")
+    plugins.add_commands(sub)
     return parser
 
 
@@ -223,12 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging()
         if argv and argv[0] == "train":
             return cmd_train(argv[1:])
-        args = _parser().parse_args(argv)
+        parser = _parser(_load_plugins(None))
+        args = parser.parse_args(argv)
         if args.command == "models":
             return cmd_models(args)
         if args.command == "plugins":
             return cmd_plugins(args)
-        _parser().print_help()
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
+        parser.print_help()
         return 0
     except EzpzError as error:
         print(f"ezpz: error: {error}", file=sys.stderr)

@@ -19,9 +19,10 @@ Call order within one fit::
     on_train_end(result)
     on_exception(error)              instead of the rest, when the fit raises
 
-Hooks marked "model-scoped" are called only on the plugin that registered the
-Trainer's model and on plugins that register no model at all, so one model's
-plugin never acts on another's model. Several implementations of a hook run
+A plugin that registers models is called only by Trainers of its own models
+(it may register several and tell them apart by ``trainer.model_name``);
+plugins that register no model are called by every Trainer. So a model's
+plugin never acts on another model's run. Several implementations of a hook run
 last-registered-first: built-ins load before third-party plugins, so an
 installed plugin overrides a built-in, and both override ezpz's generic
 fallbacks (``trylast``).
@@ -29,6 +30,7 @@ fallbacks (``trylast``).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +46,8 @@ PROJECT = "ezpz"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-#: Hooks routed only to the model's own plugin (and to model-less plugins).
-MODEL_SCOPED = ("build_data", "build_model", "configure_optimizers", "train_step", "eval_step")
+#: Hooks every loaded plugin sees, whichever model a Trainer runs.
+GLOBAL_HOOKS = ("register_models", "register_commands")
 
 
 # --- Discovery -------------------------------------------------------------
@@ -61,7 +63,17 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
     """
 
 
-# --- Building a run (model-scoped, first result wins) ------------------------
+@hookspec
+def register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``ezpz`` subcommands: ``subparsers.add_parser(name, help=...)``.
+
+    Give the new parser ``set_defaults(handler=function)``; the function takes
+    the parsed ``argparse.Namespace`` and returns the exit status. Import heavy
+    modules inside the handler so ``ezpz --help`` stays fast.
+    """
+
+
+# --- Building a run (first result wins) ---------------------------------------
 
 
 @hookspec(firstresult=True)
@@ -93,7 +105,7 @@ def configure_optimizers(
     """
 
 
-# --- The loop (model-scoped, first result wins) ------------------------------
+# --- The loop (first result wins) ---------------------------------------------
 
 
 @hookspec(firstresult=True)
@@ -124,7 +136,7 @@ def eval_step(
     """
 
 
-# --- Lifecycle (every plugin is called) --------------------------------------
+# --- Lifecycle (every implementation is called) -------------------------------
 
 
 @hookspec

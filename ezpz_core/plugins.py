@@ -217,6 +217,17 @@ class Plugins:
             except Exception as exc:  # a plugin's own bug must not hide the other models
                 self._fail(info.name, info.distribution, info.version, f"register_models: {exc}")
 
+    def add_commands(self, subparsers: Any) -> None:
+        """Let each plugin add CLI subcommands; one that fails is reported, not fatal."""
+        by_plugin = {id(info.plugin): info for info in self.infos.values()}
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            info = by_plugin[id(impl.plugin)]
+            try:
+                impl.function(subparsers=subparsers)
+            except Exception as exc:  # a plugin's own bug must not take the CLI down
+                self._fail(info.name, info.distribution, info.version,
+                           f"register_commands: {type(exc).__name__}: {exc}")
+
     # --- use -----------------------------------------------------------------
 
     def raise_for_failures(self) -> None:
@@ -234,13 +245,13 @@ class Plugins:
             ) from None
 
     def hooks(self, model_name: str | None) -> SimpleNamespace:
-        """The hook callers for one Trainer, model-scoped hooks routed to the model's owner."""
+        """The hook callers for one Trainer: plugins of other models are left out."""
         owner = self.models[model_name][1].plugin if model_name in self.models else None
         others = {info.plugin for _, info in self.models.values() if info.plugin is not owner}
         callers: dict[str, Any] = {}
         for name in hookspecs.hook_names():
             caller = getattr(self.pm.hook, name)
-            if name in hookspecs.MODEL_SCOPED and others:
+            if name not in hookspecs.GLOBAL_HOOKS and others:
                 caller = self.pm.subset_hook_caller(name, remove_plugins=others)
             callers[name] = caller
         return SimpleNamespace(**callers)
