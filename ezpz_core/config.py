@@ -80,6 +80,13 @@ class TrainConfig:
                                       _positive)
     num_workers: int = _field(0, "DataLoader worker processes", _non_negative)
     out_dir: str | None = _field(None, "where run files go (library default: none written)")
+    checkpoint_every: int | None = _field(
+        None, "steps between checkpoints (default: at each evaluation, epoch end and the end)",
+        _positive)
+    keep_last: int = _field(2, "how many recent checkpoints to keep", _positive)
+    monitor: str | None = _field(None, "metric whose best checkpoint is also kept, e.g. eval/loss")
+    monitor_mode: str = _field("min", "whether the best monitored value is the min or the max",
+                               _one_of("min", "max"))
 
     def __attrs_post_init__(self) -> None:
         if self.min_lr > self.lr:

@@ -10,37 +10,22 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ezpz_core import dist
-from ezpz_core.config import TrainConfig
+from ezpz_core import checkpoint, dist, resume
+from ezpz_core.config import TrainConfig, to_dict
 from ezpz_core.errors import ConfigError, DataError, PluginError
 from ezpz_core.plugins import Plugins
 from ezpz_core.rng import seed_everything
 from ezpz_core.types import Data, FitResult
 
-T = TypeVar("T")
-
 #: Hooks the loop calls per step or per batch: skipped entirely when nobody implements them.
 PER_STEP_HOOKS = ("on_step_end", "on_log")
-
-
-def _with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
-    """Yield ``(item, is_last)`` so the loop knows an epoch's final step when it takes it."""
-    iterator = iter(items)
-    try:
-        current = next(iterator)
-    except StopIteration:
-        return
-    for upcoming in iterator:
-        yield current, False
-        current = upcoming
-    yield current, True
 
 
 def _batch_size(batch: Any) -> int:
@@ -121,7 +106,11 @@ class Trainer:
         self.total_steps: int | None = None
         self.step = 0
         self.epoch = 0
+        self.batch_in_epoch = 0
         self.should_stop = False
+        self.stop_reason: str | None = None
+        self.last_eval_step: int | None = None
+        self.resumed_from: Path | None = None
         self.train_metrics: dict[str, float] = {}
         self.eval_metrics: dict[str, float] = {}
 
@@ -133,6 +122,10 @@ class Trainer:
         self._interval_start = 0.0
         self._interval_steps = 0
         self._start_time = 0.0
+        self._epoch_finished = False
+        self._epoch_rng: dict[str, Any] | None = None
+        self._resume_epoch_rng: dict[str, Any] | None = None
+        self._resume_step_rng: dict[str, Any] | None = None
 
     # --- setup ---------------------------------------------------------------
 
@@ -197,10 +190,23 @@ class Trainer:
     # --- the loop ------------------------------------------------------------
 
     def fit(
-        self, train: Iterable[Any] | None = None, eval: Iterable[Any] | None = None
+        self,
+        train: Iterable[Any] | None = None,
+        eval: Iterable[Any] | None = None,
+        *,
+        resume: str | Path | None = None,
     ) -> FitResult:
-        """Train to ``max_steps``/``epochs``; returns the final train and eval metrics."""
+        """Train to ``max_steps``/``epochs``; returns the final train and eval metrics.
+
+        ``resume`` is a checkpoint directory, or ``"latest"`` for the newest
+        complete checkpoint in ``out_dir`` (starting fresh when there is none).
+        """
         self.setup(train, eval)
+        if resume is not None:
+            found = checkpoint.resolve(resume, self.out_dir)
+            if found is not None:
+                self.load_state_dict(checkpoint.load(found), source=found)
+                self.resumed_from = found
         try:
             self.hooks.on_train_start(trainer=self)
             self._start_time = time.perf_counter()
@@ -224,6 +230,10 @@ class Trainer:
         self._interval_start = time.perf_counter()
         while not self._finished():
             self._set_epoch(self.data.train, self.epoch)
+            if self._resume_epoch_rng is not None:
+                self._set_rng(self._resume_epoch_rng)
+                self._resume_epoch_rng = None
+            self._epoch_rng = self._rng()
             self.hooks.on_epoch_start(trainer=self, epoch=self.epoch)
             self._train_epoch(self.data.train)
             self.hooks.on_epoch_end(trainer=self, epoch=self.epoch)
@@ -243,13 +253,22 @@ class Trainer:
 
     def _train_epoch(self, loader: Iterable[Any]) -> None:
         assert self.model is not None and self.optimizer is not None
-        model, optimizer, accum = self.model, self.optimizer, self.config.grad_accum
+        model, accum = self.model, self.config.grad_accum
         train_step = self.hooks.train_step
         move = None if self.device.type == "cpu" else self.device
         wants_step_end = bool(self.hooks.on_step_end.get_hookimpls())
+        n_batches = resume.length(loader)
+        first = self.batch_in_epoch
+        batches = resume.position(loader, first)
+        iterator = iter(batches)
+        resume.prepare(batches)
+        if self._resume_step_rng is not None:
+            self._set_rng(self._resume_step_rng)
+            self._resume_step_rng = None
         micro = 0
         model.train()
-        for batch_idx, (batch, last) in enumerate(_with_last(loader)):
+        for batch_idx, batch in enumerate(iterator, first):
+            self.batch_in_epoch = batch_idx + 1
             if move is not None:
                 batch = _to_device(batch, move)
             with self.autocast():
@@ -265,21 +284,34 @@ class Trainer:
             self._losses.append(loss.detach())
             self._samples += _batch_size(batch)
             micro += 1
+            last = self.batch_in_epoch == n_batches
             if micro < accum and not last:
                 continue
             micro = 0
-            self._optimizer_step(optimizer)
-            self.step += 1
-            self._interval_steps += 1
-            end_of_run = self.total_steps is not None and self.step >= self.total_steps
-            if self.step % self.config.log_every == 0 or end_of_run or self.should_stop:
-                self._log_train()
-            if self._eval_due(last, end_of_run):
-                self.evaluate()
-            if wants_step_end:
-                self.hooks.on_step_end(trainer=self, step=self.step)
-            if end_of_run or self.should_stop:
+            if self._finish_step(last, wants_step_end):
                 return
+        if micro and self._finish_step(True, wants_step_end):  # a length-less loader ran dry
+            return
+        self.batch_in_epoch = 0
+
+    def _finish_step(self, end_of_epoch: bool, wants_step_end: bool) -> bool:
+        """Optimizer step, then logging, evaluation and ``on_step_end``; True to stop."""
+        assert self.optimizer is not None
+        self._optimizer_step(self.optimizer)
+        self.step += 1
+        self._interval_steps += 1
+        if end_of_epoch:
+            self.batch_in_epoch = 0
+            self._epoch_finished = True
+        end_of_run = self.total_steps is not None and self.step >= self.total_steps
+        if self.step % self.config.log_every == 0 or end_of_run:
+            self._log_train()
+        if self._eval_due(end_of_epoch, end_of_run):
+            self.evaluate()
+        if wants_step_end:
+            self.hooks.on_step_end(trainer=self, step=self.step)
+        self._epoch_finished = False
+        return end_of_run or self.should_stop
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         assert self.module is not None
@@ -308,7 +340,95 @@ class Trainer:
         every = self.config.eval_every
         if every is not None:
             return self.step % every == 0 or end_of_run
-        return end_of_epoch or end_of_run or self.should_stop
+        return end_of_epoch or end_of_run
+
+    # --- checkpoint state ----------------------------------------------------
+
+    def _rng(self) -> dict[str, Any]:
+        state = checkpoint.rng_state()
+        if self.data is not None:
+            state["loader"] = [g.get_state() for g in resume.generators(self.data.train)]
+        return state
+
+    def _set_rng(self, state: dict[str, Any]) -> None:
+        checkpoint.set_rng_state(state)
+        if self.data is not None:
+            for generator, saved in zip(resume.generators(self.data.train),
+                                        state.get("loader", []), strict=False):
+                generator.set_state(saved)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from this step boundary."""
+        assert self.module is not None and self.optimizer is not None
+        import platform
+        from importlib import metadata
+
+        finished = self._epoch_finished
+        state: dict[str, Any] = {
+            "format": checkpoint.FORMAT,
+            "model_name": self.model_name or type(self.module).__name__,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "progress": {
+                "step": self.step,
+                "epoch": self.epoch + 1 if finished else self.epoch,
+                "batch": 0 if finished else self.batch_in_epoch,
+            },
+            "rng": self._rng(),
+            "pending": {
+                "losses": torch.stack(self._losses).cpu() if self._losses else None,
+                "extras": {k: torch.stack(v).cpu() for k, v in self._extras.items()},
+                "samples": self._samples,
+            },
+            "metrics": {"train": dict(self.train_metrics), "eval": dict(self.eval_metrics)},
+            "config": {"train": to_dict(self.config),
+                       "model": to_dict(self.model_config) if self.model_config else None},
+            "versions": {"ezpz": metadata.version("ezpz"), "torch": str(torch.__version__),
+                         "python": platform.python_version()},
+            "plugins": {},
+        }
+        if not finished and self.batch_in_epoch and self._epoch_rng is not None:
+            state["epoch_rng"] = self._epoch_rng
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        self.hooks.on_save_checkpoint(trainer=self, checkpoint=state["plugins"])
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any], source: Path | None = None) -> None:
+        """Continue from ``state``; refuses another model's state before touching anything."""
+        assert self.module is not None and self.optimizer is not None
+        where = source or Path("<state>")
+        if state.get("format") != checkpoint.FORMAT or "model" not in state:
+            raise checkpoint.CheckpointError(f"{where} is not an ezpz training checkpoint")
+        checkpoint.check_fits(self.module.state_dict(), state["model"], where)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as error:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {where} does not fit this optimizer: {error}"
+            ) from None
+        self.module.load_state_dict(state["model"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        progress = state["progress"]
+        self.step, self.epoch, self.batch_in_epoch = (
+            progress["step"], progress["epoch"], progress["batch"])
+        pending = state["pending"]
+        self._losses = list(pending["losses"].to(self.device)) if pending["losses"] is not None \
+            else []
+        self._extras = {k: list(v.to(self.device)) for k, v in pending["extras"].items()}
+        self._samples = pending["samples"]
+        self.train_metrics = dict(state["metrics"]["train"])
+        self.eval_metrics = dict(state["metrics"]["eval"])
+        if self.batch_in_epoch:
+            self._resume_epoch_rng, self._resume_step_rng = state["epoch_rng"], state["rng"]
+        else:
+            self._resume_epoch_rng, self._resume_step_rng = state["rng"], None
+        self.hooks.on_load_checkpoint(trainer=self, checkpoint=state.get("plugins", {}))
 
     # --- metrics -------------------------------------------------------------
 
@@ -364,6 +484,10 @@ class Trainer:
         """Send a metrics record to every plugin's ``on_log`` at the current step."""
         self.hooks.on_log(trainer=self, step=self.step, metrics=metrics)
 
+    def log_text(self, tag: str, text: str) -> None:
+        """Send a text record (e.g. a generated sample) to every plugin's ``on_log_text``."""
+        self.hooks.on_log_text(trainer=self, step=self.step, tag=tag, text=text)
+
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Any] | None = None) -> dict[str, float]:
         """Average ``eval_step`` metrics over the eval data (or ``loader``), weighted by batch."""
@@ -406,6 +530,7 @@ class Trainer:
         means = (totals[:-1] / totals[-1]).tolist()
         metrics = {f"eval/{key}": value for key, value in zip(names, means, strict=True)}
         self.eval_metrics = metrics
+        self.last_eval_step = self.step
         self._interval_start += time.perf_counter() - started  # throughput counts training only
         self.hooks.on_eval_end(trainer=self, step=self.step, metrics=metrics)
         self.log(metrics)

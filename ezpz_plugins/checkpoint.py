@@ -1,0 +1,139 @@
+"""Checkpointing that loses nothing: periodic, best, final, and on SIGTERM/SIGUSR1.
+
+Runs ``trylast`` at the end of each step, after that step's evaluation and
+every other plugin's hooks, so what it saves is final for the step. Saves go
+through ``ezpz_core.checkpoint``: atomic directories, then the ``latest``
+pointer, then pruning, in that order. Writes nothing without an ``out_dir``.
+
+When the scheduler sends SIGTERM or SIGUSR1 (as Slurm and PBS do before a
+kill), the current step finishes, a checkpoint is saved and the run ends with
+``trainer.stop_reason`` set; the CLI then exits with status 75 (EX_TEMPFAIL).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from ezpz_core import checkpoint
+from ezpz_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ezpz_core.trainer import Trainer
+
+log = logging.getLogger("ezpz")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Checkpointer:
+    """Keeps the last ``keep_last`` checkpoints plus the best by ``monitor``."""
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+        self.last_saved: Path | None = None
+        self._best: tuple[float, str] | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    # --- when --------------------------------------------------------------
+
+    @hookimpl
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.out_dir is None:
+            return
+        self.root = trainer.out_dir / "checkpoints"
+        self._install_signal_handlers(trainer)
+
+    @hookimpl
+    def on_eval_end(self, trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None:
+        monitor = trainer.config.monitor
+        if self.root is None or monitor is None or monitor not in metrics:
+            return
+        value = metrics[monitor]
+        better = self._best is None or (
+            value < self._best[0] if trainer.config.monitor_mode == "min" else
+            value > self._best[0])
+        if better:
+            self._best = (value, checkpoint.step_name(step))
+
+    @hookimpl(trylast=True)
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if self.root is not None and self._due(trainer, step):
+            self.save(trainer)
+
+    def _due(self, trainer: Trainer, step: int) -> bool:
+        every = trainer.config.checkpoint_every
+        end_of_run = trainer.total_steps is not None and step >= trainer.total_steps
+        if trainer.should_stop or end_of_run:
+            return True
+        if every is not None:
+            return step % every == 0
+        return trainer.last_eval_step == step or trainer.batch_in_epoch == 0
+
+    @hookimpl
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.root is not None and (self.last_saved is None or
+                                      self.last_saved.name != checkpoint.step_name(trainer.step)):
+            self.save(trainer)
+        self._restore_signal_handlers()
+
+    @hookimpl
+    def on_exception(self, trainer: Trainer) -> None:
+        self._restore_signal_handlers()
+
+    # --- how ---------------------------------------------------------------
+
+    def save(self, trainer: Trainer) -> Path:
+        """Write a checkpoint of the current step, move ``latest``, then prune."""
+        assert self.root is not None
+        name = checkpoint.step_name(trainer.step)
+        path = checkpoint.write(self.root, name, trainer.state_dict())
+        checkpoint.point(self.root, checkpoint.LATEST, name)
+        if self._best is not None and self._best[1] == name:
+            checkpoint.point(self.root, checkpoint.BEST, name)
+        self.last_saved = path
+        self._prune(trainer.config.keep_last)
+        log.debug("saved checkpoint %s", path)
+        return path
+
+    def _prune(self, keep: int) -> None:
+        assert self.root is not None
+        done = checkpoint.complete(self.root)
+        protected = {p.name for p in done[-keep:]}
+        if self._best is not None:
+            protected.add(self._best[1])
+        for path in done:
+            if path.name not in protected:
+                shutil.rmtree(path, ignore_errors=True)
+
+    @hookimpl
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["checkpointer"] = {"best": list(self._best) if self._best else None}
+
+    @hookimpl
+    def on_load_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+        best = checkpoint.get("checkpointer", {}).get("best")
+        self._best = (float(best[0]), str(best[1])) if best else None
+
+    # --- signals -----------------------------------------------------------
+
+    def _install_signal_handlers(self, trainer: Trainer) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals only reach the main thread; a notebook worker thread cannot
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            trainer.should_stop = True
+            trainer.stop_reason = signal.Signals(signum).name
+
+        for sig in STOP_SIGNALS:
+            self._previous_handlers[sig] = signal.signal(sig, stop)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers.clear()
