@@ -1,7 +1,9 @@
 """ezpz: a plugin-based PyTorch trainer.
 
-The public surface. Names that need torch load on first use, so importing
-``ezpz`` (as every plugin does for ``hookimpl``) stays cheap.
+The public surface, documented in docs/plugins.md: what ``__all__`` lists is
+stable; everything else (``ezpz_core`` included) may change without notice.
+Names that need torch, or are needed only once something failed, load on first
+use, so importing ``ezpz`` (as every plugin does for ``hookimpl``) stays cheap.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from ezpz_core.hookspecs import hookimpl, hookspec
 from ezpz_core.types import Data, FitResult, ModelSpec, Register
 
 if TYPE_CHECKING:
+    from ezpz_core.checkpoint import CheckpointError
+    from ezpz_core.plugins import PluginHookError
     from ezpz_core.trainer import Trainer
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "Data",
     "DataError",
@@ -32,6 +37,7 @@ __all__ = [
     "FitResult",
     "ModelSpec",
     "PluginError",
+    "PluginHookError",
     "Register",
     "TrainConfig",
     "Trainer",
@@ -44,7 +50,11 @@ __all__ = [
     "hookspec",
 ]
 
-_LAZY = {"Trainer": "ezpz_core.trainer"}
+_LAZY = {
+    "CheckpointError": "ezpz_core.checkpoint",
+    "PluginHookError": "ezpz_core.plugins",
+    "Trainer": "ezpz_core.trainer",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
+from ezpz_core import doctor, export, launch, runs, scaffold
 from ezpz_core.errors import ConfigError, EzpzError
+from ezpz_core.logs import configure_logging
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by the scheduler's signal, resumable
 PLUGIN_HELP = "skip a plugin by entry-point or distribution name (repeatable; built-ins too)"
 
 
@@ -99,7 +102,15 @@ def _train_parser(spec: Any) -> tuple[argparse.ArgumentParser, dict[str, str], d
     parser.add_argument("--config", metavar="FILE", help="TOML file with [train] and [model]")
     parser.add_argument("--block", action="append", metavar="NAME", help=PLUGIN_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    taken = {"config", "block", "quiet", "help"}
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                        help="continue from the newest complete checkpoint in --out-dir "
+                             "(starting fresh if there is none), or from CHECKPOINT")
+    parser.add_argument("--nproc", type=int, metavar="N",
+                        help="run N local processes with DDP/FSDP (shortcut for ezpz launch)")
+    parser.add_argument("--profile-hooks", action="store_true",
+                        help="at the end, print the time each plugin spent in each hook "
+                             "(or EZPZ_PROFILE_HOOKS=1)")
+    taken = {"config", "block", "quiet", "help", "resume", "nproc", "profile-hooks"}
     train_dests = _add_fields(parser.add_argument_group("training"), TrainConfig, taken)
     model_dests: dict[str, str] = {}
     if spec is not None and spec.config is not None:
@@ -114,7 +125,10 @@ def cmd_train(argv: Sequence[str]) -> int:
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("model", nargs="?")
     peek.add_argument("--block", action="append")
+    peek.add_argument("--nproc", type=int)
     known, _ = peek.parse_known_args(argv)
+    if known.nproc is not None and "RANK" not in os.environ:
+        return _relaunch(argv, known.nproc)
     if known.model is None or known.model.startswith("-"):
         parser, _, _ = _train_parser(None)
         if any(a in ("-h", "--help") for a in argv):
@@ -133,6 +147,8 @@ def cmd_train(argv: Sequence[str]) -> int:
     given = vars(args)
     train_values = {**spec.train_defaults, **file.get("train", {})}
     train_values.update({field: given[d] for d, field in train_dests.items() if d in given})
+    if args.resume not in (None, "latest"):  # continue in the run the checkpoint belongs to
+        train_values.setdefault("out_dir", str(Path(args.resume).resolve().parent.parent))
     train_values.setdefault(
         "out_dir", os.path.join("runs", f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     )
@@ -143,11 +159,27 @@ def cmd_train(argv: Sequence[str]) -> int:
         raise ConfigError(f"model '{spec.name}' takes no [model] options")
     model_config = build(spec.config, model_values, "model") if spec.config else None
 
+    from ezpz_core import profile
     from ezpz_core.trainer import Trainer
 
     block = _block_list(args.block) + (["console"] if args.quiet else [])
     trainer = Trainer(spec.name, config, model_config=model_config, block=block)
-    result = trainer.fit()
+    timing = profile.HookProfile(trainer.plugins) if profile.wanted(args.profile_hooks) else None
+    try:
+        result = trainer.fit(resume=args.resume)
+    except Exception as error:  # a plugin's bug: one line naming it, not a traceback
+        blamed = trainer.plugins.blame(error)
+        if blamed is None:
+            raise
+        raise blamed from error
+    finally:
+        if timing is not None and trainer.rank == 0:
+            timing.report()
+    if trainer.stop_reason is not None:
+        if trainer.rank == 0:
+            print(f"ezpz: stopped by {trainer.stop_reason} at step {result.step}; checkpoint "
+                  f"saved in {config.out_dir}; rerun with --resume to continue", file=sys.stderr)
+        return EXIT_STOPPED
     if trainer.rank == 0:
         print(f"finished {spec.name}: {result.step} steps, {result.epoch + 1} epoch(s) "
               f"in {result.elapsed_s:.1f}s")
@@ -155,6 +187,22 @@ def cmd_train(argv: Sequence[str]) -> int:
             print(f"  {key:<24} {value:.6g}")
         print(f"  out dir: {config.out_dir}")
     return 0
+
+
+def _relaunch(argv: Sequence[str], nproc: int) -> int:
+    """``ezpz train ... --nproc N``: the same command under torchrun, without ``--nproc``."""
+    from ezpz_core.launch import build_command, run_command
+
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    return run_command(build_command(["ezpz", "train", *rest], nproc))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -206,22 +254,19 @@ def _parser(plugins: Any) -> argparse.ArgumentParser:
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.add_argument("--block", action="append", metavar="NAME", help=PLUGIN_HELP)
     listing.add_argument("--all", action="store_true", help="include the built-in plugins")
+    launch.add_parser(sub)
+    doctor.add_parser(sub)
+    export.add_parser(sub)
+    runs.add_parser(sub)
+    scaffold.add_parser(sub)
     plugins.add_commands(sub)
     return parser
-
-
-def _configure_logging() -> None:
-    level = os.environ.get("EZPZ_LOG_LEVEL", "INFO").upper()
-    if not isinstance(logging.getLevelName(level), int):
-        raise ConfigError(f"EZPZ_LOG_LEVEL={level!r} must be DEBUG, INFO, WARNING or ERROR")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _configure_logging()
+        configure_logging()
         if argv and argv[0] == "train":
             return cmd_train(argv[1:])
         parser = _parser(_load_plugins(None))

@@ -80,6 +80,10 @@ class TrainConfig:
                                       _positive)
     num_workers: int = _field(0, "DataLoader worker processes", _non_negative)
     out_dir: str | None = _field(None, "where run files go (library default: none written)")
+    strategy: str = _field("ddp", "with several processes: ddp, or fsdp (FSDP2 sharding)",
+                           _one_of("ddp", "fsdp"))
+    dist_timeout: float = _field(600.0, "seconds a collective waits for a dead peer",
+                                 _positive)
     checkpoint_every: int | None = _field(
         None, "steps between checkpoints (default: at each evaluation, epoch end and the end)",
         _positive)

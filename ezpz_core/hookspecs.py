@@ -182,6 +182,11 @@ def on_log(trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None:
 
 
 @hookspec
+def on_log_text(trainer: Trainer, step: int, tag: str, text: str) -> None:
+    """A text record, such as a generated sample; every plugin sees every record."""
+
+
+@hookspec
 def on_train_end(trainer: Trainer, result: FitResult) -> None:
     """The fit finished normally; ``result`` holds the final metrics."""
 

@@ -13,27 +13,38 @@ Environment controls:
 - ``EZPZ_LOAD_PLUGINS=a,b`` loads only these third-party plugins (entry-point
   or distribution names; empty loads none).
 - ``EZPZ_BLOCK_PLUGINS=a,b`` (or ``--block``) skips plugins, built-ins included.
+
+A hook that raises during a run is traced back to its plugin only after the
+fact, from the traceback (``Plugins.blame``), so hook calls carry no
+bookkeeping while nothing fails.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
-from types import SimpleNamespace
+from types import CodeType, SimpleNamespace, TracebackType
 from typing import Any
 
 import attrs
 import pluggy
 
 from ezpz_core import hookspecs
-from ezpz_core.errors import PluginError
+from ezpz_core.errors import EzpzError, PluginError
 from ezpz_core.types import ModelSpec
+
+log = logging.getLogger("ezpz")
 
 GROUP = "ezpz"
 BUILTIN_DIST = "ezpz"
+#: The generic fallbacks' plugin name: never blamed, since they run the user's own model.
+DEFAULTS = "ezpz.defaults"
+#: Set on a wrapper that only times a hook implementation, so blame looks through it.
+TIMING_WRAPPER = "__ezpz_timing_wrapper__"
 
 
 @attrs.frozen
@@ -56,6 +67,28 @@ class PluginInfo:
         dist = f"{self.distribution} {self.version}" if self.distribution else "passed in code"
         return f"plugin '{self.name}' ({dist})"
 
+    @property
+    def fix(self) -> str:
+        """How to run without this plugin, for the end of error messages."""
+        if self.distribution is None:
+            return "remove it from Trainer(plugins=...)"
+        return f"disable it with --block {self.name} or EZPZ_BLOCK_PLUGINS={self.name}"
+
+
+class PluginHookError(PluginError):
+    """A plugin's hook raised during a run: one line naming the plugin, the hook and the fix.
+
+    ``error`` is the original exception, traceback included, for the plugin's author.
+    """
+
+    def __init__(self, info: PluginInfo, hook: str, error: BaseException) -> None:
+        self.plugin = info
+        self.hook = hook
+        self.error = error
+        text = str(error).strip()
+        what = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+        super().__init__(f"{info.label} raised in hook '{hook}': {what}; {info.fix}")
+
 
 @attrs.frozen
 class PluginFailure:
@@ -72,6 +105,27 @@ def _split_env(name: str) -> list[str] | None:
     if value is None:
         return None
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _code_objects(function: Any) -> list[CodeType]:
+    """The code of ``function`` and of what it wraps: any of them may appear in a traceback."""
+    found = []
+    for _ in range(32):  # a __wrapped__ cycle must not hang error reporting
+        if function is None:
+            break
+        code = getattr(function, "__code__", None)
+        if isinstance(code, CodeType) and not getattr(function, TIMING_WRAPPER, False):
+            found.append(code)
+        function = getattr(function, "__wrapped__", None)
+    return found
+
+
+def _frames(tb: TracebackType | None) -> list[Any]:
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
 
 
 def _describe_source(obj: object) -> str:
@@ -105,7 +159,7 @@ class Plugins:
 
         from ezpz_core import defaults
 
-        self._register(PluginInfo("ezpz.defaults", defaults, source=_describe_source(defaults)))
+        self._register(PluginInfo(DEFAULTS, defaults, source=_describe_source(defaults)))
         self._load_entry_points(autoload)
         for obj in extra:
             info = PluginInfo(self._name_for(obj), obj, source=_describe_source(obj))
@@ -143,9 +197,9 @@ class Plugins:
             self._register(PluginInfo(name, plugin, dist, version, ep.value))
 
     def _fail(self, name: str, dist: str | None, version: str | None, why: str) -> None:
-        who = f"plugin '{name}' ({dist} {version})" if dist else f"plugin '{name}'"
-        fix = f"disable it with --block {name} or EZPZ_BLOCK_PLUGINS={name}"
-        self.failures.append(PluginFailure(name, dist, version, f"{who} {why}; {fix}"))
+        info = PluginInfo(name, None, dist, version)
+        who = info.label if dist else f"plugin '{name}'"
+        self.failures.append(PluginFailure(name, dist, version, f"{who} {why}; {info.fix}"))
 
     def _name_for(self, obj: object) -> str:
         base = getattr(obj, "__name__", None) if inspect.ismodule(obj) else None
@@ -256,15 +310,67 @@ class Plugins:
             callers[name] = caller
         return SimpleNamespace(**callers)
 
+    def culprit(self, error: BaseException) -> tuple[PluginInfo, str] | None:
+        """The plugin and hook whose implementation raised ``error``, read from its traceback.
+
+        The innermost hook implementation on the stack is blamed, so a plugin
+        that calls into another (``trainer.evaluate()`` from ``on_step_end``)
+        does not take the blame for the other's bug. ezpz's generic fallbacks
+        are never blamed: an error there comes from the user's model or data.
+        Costs nothing until called, which happens only once a run has failed.
+        """
+        owners: dict[CodeType, list[tuple[PluginInfo, str]]] = {}
+        for info in self.infos.values():
+            if info.name == DEFAULTS:
+                continue
+            for caller in self.pm.get_hookcallers(info.plugin) or []:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is info.plugin:
+                        for code in _code_objects(impl.function):
+                            owners.setdefault(code, []).append((info, caller.name))
+        found = None
+        for frame in _frames(error.__traceback__):
+            candidates = owners.get(frame.f_code, [])
+            if len(candidates) > 1:  # one class, several instances: the frame's self decides
+                this = frame.f_locals.get("self")
+                candidates = [c for c in candidates if c[0].plugin is this] or candidates[:1]
+            if candidates:
+                found = candidates[0]
+        return found
+
+    def blame(self, error: BaseException) -> PluginHookError | None:
+        """``error`` restated as one line naming its plugin and hook, or None if no plugin's.
+
+        An ``EzpzError`` is left alone: a plugin raises one on purpose, with a
+        message meant for the user already.
+        """
+        if isinstance(error, EzpzError) or not isinstance(error, Exception):
+            return None
+        found = self.culprit(error)
+        if found is None:
+            return None
+        blamed = PluginHookError(found[0], found[1], error)
+        log.debug("%s", blamed, exc_info=error)  # the traceback, for the plugin's author
+        return blamed
+
     def implemented_hooks(self, info: PluginInfo) -> list[str]:
         callers = self.pm.get_hookcallers(info.plugin) or []
         return sorted(caller.name for caller in callers)
 
     def describe(self) -> list[Mapping[str, Any]]:
-        """One record per plugin (loaded or failed), for ``ezpz plugins``."""
+        """One record per plugin (loaded or failed), for ``ezpz plugins``.
+
+        ``source`` is the entry point (``module:attr``) and ``path`` the file it
+        was loaded from, to tell which environment a plugin came from. A plugin
+        that loaded but then failed (a model name already taken) is one record
+        with its ``error`` set.
+        """
+        errors: dict[str, str] = {}
+        for failure in self.failures:
+            errors.setdefault(failure.name, failure.message)
         rows: list[Mapping[str, Any]] = []
         for info in self.infos.values():
-            if info.name == "ezpz.defaults":
+            if info.name == DEFAULTS:
                 continue
             models = sorted(n for n, (_, owner) in self.models.items() if owner.name == info.name)
             rows.append(
@@ -276,10 +382,14 @@ class Plugins:
                     "hooks": self.implemented_hooks(info),
                     "models": models,
                     "source": info.source,
-                    "error": None,
+                    "path": _describe_source(info.plugin),
+                    "error": errors.pop(info.name, None),
                 }
             )
         for failure in self.failures:
+            message = errors.pop(failure.name, None)
+            if message is None:
+                continue
             rows.append(
                 {
                     "name": failure.name,
@@ -289,7 +399,8 @@ class Plugins:
                     "hooks": [],
                     "models": [],
                     "source": "",
-                    "error": failure.message,
+                    "path": "",
+                    "error": message,
                 }
             )
         return rows

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ezpz_core import checkpoint, dist, resume
+from ezpz_core import checkpoint, dist, parallel, resume
 from ezpz_core.config import TrainConfig, to_dict
 from ezpz_core.errors import ConfigError, DataError, PluginError
 from ezpz_core.plugins import Plugins
@@ -93,9 +93,11 @@ class Trainer:
                 self.model_config = spec.config()
         self.hooks = self.plugins.hooks(self.model_name)
         self.loss_fn = loss_fn or F.cross_entropy
-        self.device = torch.device(self.config.device or dist.get_torch_device())
-        self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        if self.world_size > 1:
+            dist.setup_torch(timeout_s=self.config.dist_timeout)
+        self.device = torch.device(self.config.device) if self.config.device else dist.get_device()
+        self.rank = dist.get_rank()
         self.out_dir = Path(self.config.out_dir) if self.config.out_dir else None
 
         self.model: torch.nn.Module | None = None
@@ -109,6 +111,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self.should_stop = False
         self.stop_reason: str | None = None
+        self._stop_requested = False
+        self._stop_agreement: parallel.StopAgreement | None = None
         self.last_eval_step: int | None = None
         self.resumed_from: Path | None = None
         self.train_metrics: dict[str, float] = {}
@@ -148,8 +152,12 @@ class Trainer:
             if self.module is None:
                 raise PluginError(f"no plugin builds model '{self.model_name}'")
         self.module.to(self.device)
-        compiled = torch.compile(self.module) if self.config.compile else self.module
+        wrapped = parallel.wrap(self.module, self.config.strategy, self.device,
+                                self._autocast_dtype)
+        compiled = torch.compile(wrapped) if self.config.compile else wrapped
         self.model = compiled  # type: ignore[assignment]
+        if self.world_size > 1:
+            self._stop_agreement = parallel.StopAgreement()
         self.total_steps = self._count_steps()
         built = self.hooks.configure_optimizers(trainer=self, model=self.module)
         self.optimizer, self.scheduler = built if isinstance(built, tuple) else (built, None)
@@ -211,6 +219,8 @@ class Trainer:
             self.hooks.on_train_start(trainer=self)
             self._start_time = time.perf_counter()
             self._train()
+            if self._stop_agreement is not None:
+                self._stop_agreement.finish()
             result = FitResult(
                 step=self.step,
                 epoch=self.epoch,
@@ -267,24 +277,19 @@ class Trainer:
             self._resume_step_rng = None
         micro = 0
         model.train()
+        sync_every_micro_batch = self.world_size == 1 or accum == 1
         for batch_idx, batch in enumerate(iterator, first):
             self.batch_in_epoch = batch_idx + 1
+            last = self.batch_in_epoch == n_batches
             if move is not None:
                 batch = _to_device(batch, move)
-            with self.autocast():
-                out = train_step(trainer=self, model=model, batch=batch, batch_idx=batch_idx)
-            if out is None:
-                raise PluginError("no train_step hook returned a loss")
-            loss = out[0] if isinstance(out, tuple) else out
-            if isinstance(out, tuple):
-                for key, value in out[1].items():
-                    self._extras.setdefault(key, []).append(value.detach())
-            scaled = loss / accum if accum > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            self._losses.append(loss.detach())
+            if sync_every_micro_batch:
+                self._train_micro_batch(train_step, model, batch, batch_idx, accum)
+            else:
+                with parallel.no_sync(model, micro + 1 == accum or last):
+                    self._train_micro_batch(train_step, model, batch, batch_idx, accum)
             self._samples += _batch_size(batch)
             micro += 1
-            last = self.batch_in_epoch == n_batches
             if micro < accum and not last:
                 continue
             micro = 0
@@ -294,12 +299,37 @@ class Trainer:
             return
         self.batch_in_epoch = 0
 
+    def _train_micro_batch(self, train_step: Any, model: torch.nn.Module, batch: Any,
+                           batch_idx: int, accum: int) -> None:
+        """Forward (under autocast) and backward of one micro-batch; keeps the loss on device."""
+        with self.autocast():
+            out = train_step(trainer=self, model=model, batch=batch, batch_idx=batch_idx)
+        if out is None:
+            raise PluginError("no train_step hook returned a loss")
+        loss = out[0] if isinstance(out, tuple) else out
+        if isinstance(out, tuple):
+            for key, value in out[1].items():
+                self._extras.setdefault(key, []).append(value.detach())
+        scaled = loss / accum if accum > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        self._losses.append(loss.detach())
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step (all ranks together), saving a checkpoint first."""
+        self.stop_reason = reason
+        self._stop_requested = True
+        if self._stop_agreement is None:
+            self.should_stop = True
+
     def _finish_step(self, end_of_epoch: bool, wants_step_end: bool) -> bool:
         """Optimizer step, then logging, evaluation and ``on_step_end``; True to stop."""
         assert self.optimizer is not None
         self._optimizer_step(self.optimizer)
         self.step += 1
         self._interval_steps += 1
+        if self._stop_agreement is not None and self._stop_agreement.step(self._stop_requested):
+            self.should_stop = True
+            self.stop_reason = self.stop_reason or "a signal on another rank"
         if end_of_epoch:
             self.batch_in_epoch = 0
             self._epoch_finished = True
@@ -319,11 +349,12 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         if config.grad_clip > 0:
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(),
-                                                             config.grad_clip)
+            self._grad_norm = parallel.local_tensor(
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip))
         elif (self.step + 1) % config.log_every == 0:
             grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-            self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            self._grad_norm = (parallel.local_tensor(torch.nn.utils.get_total_norm(grads))
+                               if grads else None)
         if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -363,18 +394,25 @@ class Trainer:
         import platform
         from importlib import metadata
 
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
         finished = self._epoch_finished
+        # Full (unsharded), parameter-name keyed states: one format for 1 process, DDP and
+        # FSDP, so a checkpoint resumes at any world size.
+        model_state, optimizer_state = get_state_dict(
+            self.module, self.optimizer,
+            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         state: dict[str, Any] = {
             "format": checkpoint.FORMAT,
             "model_name": self.model_name or type(self.module).__name__,
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "progress": {
                 "step": self.step,
                 "epoch": self.epoch + 1 if finished else self.epoch,
                 "batch": 0 if finished else self.batch_in_epoch,
             },
-            "rng": self._rng(),
+            "rng": parallel.gather(self._rng()),
             "pending": {
                 "losses": torch.stack(self._losses).cpu() if self._losses else None,
                 "extras": {k: torch.stack(v).cpu() for k, v in self._extras.items()},
@@ -388,7 +426,7 @@ class Trainer:
             "plugins": {},
         }
         if not finished and self.batch_in_epoch and self._epoch_rng is not None:
-            state["epoch_rng"] = self._epoch_rng
+            state["epoch_rng"] = parallel.gather(self._epoch_rng)
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         if self.scaler is not None:
@@ -402,14 +440,17 @@ class Trainer:
         where = source or Path("<state>")
         if state.get("format") != checkpoint.FORMAT or "model" not in state:
             raise checkpoint.CheckpointError(f"{where} is not an ezpz training checkpoint")
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
         checkpoint.check_fits(self.module.state_dict(), state["model"], where)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as error:
+            set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=True))
+        except (ValueError, KeyError, RuntimeError) as error:
             raise checkpoint.CheckpointError(
                 f"checkpoint {where} does not fit this optimizer: {error}"
             ) from None
-        self.module.load_state_dict(state["model"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
@@ -424,10 +465,14 @@ class Trainer:
         self._samples = pending["samples"]
         self.train_metrics = dict(state["metrics"]["train"])
         self.eval_metrics = dict(state["metrics"]["eval"])
+        def mine(states: list[dict[str, Any]]) -> dict[str, Any]:
+            return states[self.rank] if self.rank < len(states) else states[0]
+
         if self.batch_in_epoch:
-            self._resume_epoch_rng, self._resume_step_rng = state["epoch_rng"], state["rng"]
+            self._resume_epoch_rng = mine(state["epoch_rng"])
+            self._resume_step_rng = mine(state["rng"])
         else:
-            self._resume_epoch_rng, self._resume_step_rng = state["rng"], None
+            self._resume_epoch_rng, self._resume_step_rng = mine(state["rng"]), None
         self.hooks.on_load_checkpoint(trainer=self, checkpoint=state.get("plugins", {}))
 
     # --- metrics -------------------------------------------------------------

@@ -89,16 +89,25 @@ class Checkpointer:
     # --- how ---------------------------------------------------------------
 
     def save(self, trainer: Trainer) -> Path:
-        """Write a checkpoint of the current step, move ``latest``, then prune."""
+        """Write a checkpoint of the current step, move ``latest``, then prune.
+
+        Every rank takes part in gathering the state; rank 0 alone writes it.
+        """
+        from ezpz_core import dist
+
         assert self.root is not None
         name = checkpoint.step_name(trainer.step)
-        path = checkpoint.write(self.root, name, trainer.state_dict())
-        checkpoint.point(self.root, checkpoint.LATEST, name)
-        if self._best is not None and self._best[1] == name:
-            checkpoint.point(self.root, checkpoint.BEST, name)
+        state = trainer.state_dict()
+        path = self.root / name
+        if trainer.rank == 0:
+            checkpoint.write(self.root, name, state)
+            checkpoint.point(self.root, checkpoint.LATEST, name)
+            if self._best is not None and self._best[1] == name:
+                checkpoint.point(self.root, checkpoint.BEST, name)
+            self._prune(trainer.config.keep_last)
+            log.debug("saved checkpoint %s", path)
+        dist.barrier()
         self.last_saved = path
-        self._prune(trainer.config.keep_last)
-        log.debug("saved checkpoint %s", path)
         return path
 
     def _prune(self, keep: int) -> None:
@@ -127,8 +136,7 @@ class Checkpointer:
             return  # signals only reach the main thread; a notebook worker thread cannot
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            trainer.should_stop = True
-            trainer.stop_reason = signal.Signals(signum).name
+            trainer.request_stop(signal.Signals(signum).name)
 
         for sig in STOP_SIGNALS:
             self._previous_handlers[sig] = signal.signal(sig, stop)

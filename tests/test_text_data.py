@@ -443,8 +443,18 @@ def test_batches_depend_only_on_seed_step_and_rank() -> None:
     same = first(3, seed=7)
     assert all(torch.equal(a, b) for a, b in zip(same, first(3, seed=7), strict=True))
     assert not torch.equal(same[0], first(1, seed=8)[0])
-    assert not torch.equal(same[0], first(1, seed=7, rank=1)[0])
+    assert not torch.equal(first(1, seed=7, world_size=2)[0],
+                           first(1, seed=7, rank=1, world_size=2)[0])
     assert not torch.equal(same[0], same[1])
+
+
+def test_ranks_split_one_global_batch() -> None:
+    whole = TextBatches(TOKENS, batch_size=6, block_size=8, seed=3).batch(5)[0]
+    parts = [TextBatches(TOKENS, batch_size=3, block_size=8, seed=3, rank=r,
+                         world_size=2).batch(5)[0] for r in (0, 1)]
+    assert torch.equal(torch.cat(parts), whole)
+    with pytest.raises(ConfigError, match="rank=2 must be in"):
+        TextBatches(TOKENS, batch_size=3, block_size=8, rank=2, world_size=2)
 
 
 def test_start_step_resumes_exactly() -> None:

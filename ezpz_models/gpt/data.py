@@ -3,7 +3,8 @@
 The corpus is encoded once into ``train.bin`` / ``val.bin`` (uint16 token ids)
 in a cache directory keyed by the input files and settings; later runs, and
 every rank of a distributed run, memory-map those files instead of re-encoding.
-Batches are random windows drawn from a generator seeded by (seed, step, rank),
+Batches are random windows drawn from a generator seeded by (seed, step); each rank
+takes its own slice of that global batch,
 so any step's batch can be reproduced, which makes resuming exact.
 """
 
@@ -514,8 +515,10 @@ class TextBatches:
     """Endless training batches ``(x, y)`` of shape (batch_size, block_size), int64.
 
     Batch ``step`` depends only on (seed, step, rank), never on what was drawn before,
-    so setting ``start_step`` on a resumed run continues exactly where it stopped, and
-    each rank sees different windows.
+    so setting ``start_step`` on a resumed run continues exactly where it stopped. It is
+    rank ``rank``'s slice of one global batch of ``batch_size * world_size`` windows, so
+    each rank sees different windows and any number of ranks with the same global batch
+    trains on the same data.
     """
 
     def __init__(
@@ -525,6 +528,7 @@ class TextBatches:
         block_size: int,
         seed: int = 0,
         rank: int = 0,
+        world_size: int = 1,
         start_step: int = 0,
     ) -> None:
         _check_windows(data, batch_size, block_size, "training")
@@ -532,7 +536,10 @@ class TextBatches:
         self.batch_size = batch_size
         self.block_size = block_size
         self.seed = seed
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank} must be in [0, world_size={world_size})")
         self.rank = rank
+        self.world_size = world_size
         self.start_step = start_step
 
     @property
@@ -548,11 +555,13 @@ class TextBatches:
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         """The batch for ``step`` (what iteration yields at that step)."""
-        generator = torch.Generator().manual_seed(_mix_seed("train", self.seed, step, self.rank))
+        generator = torch.Generator().manual_seed(_mix_seed("train", self.seed, step))
         starts = torch.randint(
-            len(self.data) - self.block_size, (self.batch_size,), generator=generator
+            len(self.data) - self.block_size, (self.batch_size * self.world_size,),
+            generator=generator,
         )
-        return _windows(self.data, starts.numpy(), self.block_size)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return _windows(self.data, mine.numpy(), self.block_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         step = self.start_step

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
@@ -21,9 +21,12 @@ if TYPE_CHECKING:
     import torch
 
     from ezpz_core.trainer import Trainer
+    from ezpz_models.gpt.model import GPT
 
 #: Files a run directory holds so ``ezpz generate`` can rebuild the model.
 WEIGHTS, CONFIG, TOKENIZER = "model.pt", "model_config.json", "tokenizer.json"
+#: The sample logged at each evaluation: its length and how it is drawn.
+SAMPLE_TOKENS, SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 200, 0.8, 200
 
 
 def _field(default: Any, help: str, validator: Any = None) -> Any:
@@ -114,7 +117,7 @@ def build_data(trainer: Trainer) -> Data:
     prepared = prepare(resolve_corpus(options.data), options.tokenizer, options.val_fraction)
     check_length(prepared, options.block_size)
     train = TextBatches(prepared.train, config.batch_size, options.block_size,
-                        seed=config.seed, rank=trainer.rank)
+                        seed=config.seed, rank=trainer.rank, world_size=trainer.world_size)
     evaluation = eval_batches(prepared.val, config.eval_batches or 200,
                               config.eval_batch_size or config.batch_size, options.block_size,
                               seed=config.seed)
@@ -157,6 +160,40 @@ def on_train_start(trainer: Trainer) -> None:
     trainer.data.meta["tokenizer"].save(trainer.out_dir / TOKENIZER)
     config = attrs.asdict(trainer.module.config)  # type: ignore[arg-type]
     (trainer.out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+@hookimpl
+def on_eval_end(trainer: Trainer) -> None:
+    """Log a short generated sample at each evaluation, to read how the text improves.
+
+    Logged by rank 0 only. Sampling draws from its own generator seeded with the
+    run's seed, so the global RNG (and with it the rest of training) is untouched
+    and successive samples differ only because the model does. A sharded model
+    (FSDP2 keeps parameters as DTensors) gathers them in every forward pass, so
+    then every rank samples, in step, and rank 0 alone logs the text.
+    """
+    if trainer.module is None or trainer.data is None:
+        return
+    model = cast("GPT", trainer.module)
+    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+    tokenizer = trainer.data.meta.get("tokenizer")
+    if (trainer.rank != 0 and not sharded) or tokenizer is None:  # None: not build_data's data
+        return
+    import torch
+
+    from ezpz_core.errors import DataError
+
+    try:
+        prompt = tokenizer.encode("\n") or [0]
+    except DataError:  # a corpus without newlines: start from the first token
+        prompt = [0]
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(trainer.config.seed)
+    idx = torch.tensor([prompt], dtype=torch.long, device=device)
+    out = model.generate(idx, SAMPLE_TOKENS, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K,
+                         generator=generator)
+    if trainer.rank == 0:
+        trainer.log_text("sample", tokenizer.decode(out[0, len(prompt):].tolist()))
 
 
 @hookimpl

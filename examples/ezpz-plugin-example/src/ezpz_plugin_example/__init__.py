@@ -1,0 +1,1 @@
+"""An example ezpz plugin: ``ezpz train forecast`` once this package is installed."""
