@@ -28,7 +28,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The CPU benchmarks; not part of the default run."""
+    """The CPU benchmarks; not part of the default run.
+
+    Arguments go to ``benchmarks/run_all.py``: ``nox -s bench -- --small`` is the
+    smoke run, ``-- --only tiny_step`` one benchmark. Run as a module from the
+    root, since ``benchmarks`` is not an installed package.
+    """
     session.install("-e", ".[bench]")
-    for script in sorted(session.posargs) or ["benchmarks/run_all.py"]:
-        session.run("python", script)
+    session.run("python", "-m", "benchmarks.run_all", *session.posargs)

@@ -205,8 +205,8 @@ def _relaunch(argv: Sequence[str], nproc: int) -> int:
     return run_command(build_command(["ezpz", "train", *rest], nproc))
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    plugins = _load_plugins(args.block)
+def cmd_models(args: argparse.Namespace, loaded: Any) -> int:
+    plugins = _load_plugins(args.block) if args.block else loaded
     _warn_failures(plugins)
     rows = [(name, info.name, spec.description) for name, (spec, info) in
             sorted(plugins.models.items())]
@@ -218,8 +218,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
-    plugins = _load_plugins(args.block)
+def cmd_plugins(args: argparse.Namespace, loaded: Any) -> int:
+    plugins = _load_plugins(args.block) if args.block else loaded
     rows = [row for row in plugins.describe() if args.all or not row["builtin"]]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -229,8 +229,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print("no third-party plugins installed (--all lists the built-ins)")
         return 0
     table = [(r["name"], r["distribution"] or "-", r["version"] or "-",
-              ", ".join(r["hooks"]) or ("BROKEN" if r["error"] else "-")) for r in rows]
-    _print_table(("plugin", "distribution", "version", "hooks"), table)
+              ", ".join(r["hooks"]) or ("BROKEN" if r["error"] else "-"),
+              r.get("path") or r["source"] or "-") for r in rows]
+    _print_table(("plugin", "distribution", "version", "hooks", "loaded from"), table)
     return 0
 
 
@@ -269,12 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging()
         if argv and argv[0] == "train":
             return cmd_train(argv[1:])
-        parser = _parser(_load_plugins(None))
+        loaded = _load_plugins(None)
+        parser = _parser(loaded)
         args = parser.parse_args(argv)
         if args.command == "models":
-            return cmd_models(args)
+            return cmd_models(args, loaded)
         if args.command == "plugins":
-            return cmd_plugins(args)
+            return cmd_plugins(args, loaded)
         handler = getattr(args, "handler", None)
         if handler is not None:
             return int(handler(args))

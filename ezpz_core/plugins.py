@@ -353,6 +353,34 @@ class Plugins:
         log.debug("%s", blamed, exc_info=error)  # the traceback, for the plugin's author
         return blamed
 
+    @staticmethod
+    def direct(caller: Any) -> Any:
+        """A hook caller without pluggy's per-call machinery, for the per-step hooks.
+
+        Same semantics (reverse registration order honouring tryfirst/trylast,
+        first non-None result for ``firstresult`` hooks, each implementation given
+        only the arguments it names), resolved once instead of on every step.
+        Falls back to ``caller`` itself when wrappers are involved.
+        """
+        impls = caller.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            return caller
+        calls = [(impl.function, impl.argnames) for impl in reversed(impls)]
+        if caller.spec is not None and caller.spec.opts.get("firstresult"):
+            def first(**kwargs: Any) -> Any:
+                for function, names in calls:
+                    result = function(*[kwargs[name] for name in names])
+                    if result is not None:
+                        return result
+                return None
+
+            return first
+
+        def each(**kwargs: Any) -> list[Any]:
+            return [function(*[kwargs[name] for name in names]) for function, names in calls]
+
+        return each
+
     def implemented_hooks(self, info: PluginInfo) -> list[str]:
         callers = self.pm.get_hookcallers(info.plugin) or []
         return sorted(caller.name for caller in callers)

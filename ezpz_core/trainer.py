@@ -8,6 +8,7 @@ path free of device syncs: losses stay on the device until a logging step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,9 +24,6 @@ from ezpz_core.errors import ConfigError, DataError, PluginError
 from ezpz_core.plugins import Plugins
 from ezpz_core.rng import seed_everything
 from ezpz_core.types import Data, FitResult
-
-#: Hooks the loop calls per step or per batch: skipped entirely when nobody implements them.
-PER_STEP_HOOKS = ("on_step_end", "on_log")
 
 
 def _batch_size(batch: Any) -> int:
@@ -45,6 +43,15 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, Mapping):
         return {key: _to_device(value, device) for key, value in batch.items()}
     return batch
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    import platform
+    from importlib import metadata
+
+    return {"ezpz": metadata.version("ezpz"), "torch": str(torch.__version__),
+            "python": platform.python_version()}
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -264,8 +271,9 @@ class Trainer:
     def _train_epoch(self, loader: Iterable[Any]) -> None:
         assert self.model is not None and self.optimizer is not None
         model, accum = self.model, self.config.grad_accum
-        train_step = self.hooks.train_step
+        train_step = self.plugins.direct(self.hooks.train_step)
         move = None if self.device.type == "cpu" else self.device
+        self._step_end = self.plugins.direct(self.hooks.on_step_end)
         wants_step_end = bool(self.hooks.on_step_end.get_hookimpls())
         n_batches = resume.length(loader)
         first = self.batch_in_epoch
@@ -339,7 +347,7 @@ class Trainer:
         if self._eval_due(end_of_epoch, end_of_run):
             self.evaluate()
         if wants_step_end:
-            self.hooks.on_step_end(trainer=self, step=self.step)
+            self._step_end(trainer=self, step=self.step)
         self._epoch_finished = False
         return end_of_run or self.should_stop
 
@@ -391,9 +399,6 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly from this step boundary."""
         assert self.module is not None and self.optimizer is not None
-        import platform
-        from importlib import metadata
-
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         finished = self._epoch_finished
@@ -421,8 +426,7 @@ class Trainer:
             "metrics": {"train": dict(self.train_metrics), "eval": dict(self.eval_metrics)},
             "config": {"train": to_dict(self.config),
                        "model": to_dict(self.model_config) if self.model_config else None},
-            "versions": {"ezpz": metadata.version("ezpz"), "torch": str(torch.__version__),
-                         "python": platform.python_version()},
+            "versions": _versions(),
             "plugins": {},
         }
         if not finished and self.batch_in_epoch and self._epoch_rng is not None:
