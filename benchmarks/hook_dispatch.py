@@ -2,8 +2,8 @@
 
 Every optimizer step the Trainer calls ``train_step`` (first result wins) and,
 when anyone implements it, ``on_step_end`` (every implementation runs). This
-times those two callers exactly as the loop uses them (``trainer.hooks.*``,
-the per-Trainer subset callers) in a tight loop, with:
+times those two callers exactly as the loop uses them (the per-Trainer callers
+resolved once by ``Plugins.direct``) in a tight loop, with:
 
 - no built-in plugins and no extras (the loop then skips ``on_step_end``
   altogether; its caller is timed anyway, for the record);
@@ -77,7 +77,7 @@ def active_trainer(out: Path, extras: int, builtins: bool) -> ezpz.Trainer:
 
 
 def time_step_end(trainer: ezpz.Trainer, calls: int) -> float:
-    hook = trainer.hooks.on_step_end
+    hook = trainer.plugins.direct(trainer.hooks.on_step_end)
     start = time.perf_counter()
     for step in range(1, calls + 1):
         hook(trainer=trainer, step=step)
@@ -85,7 +85,8 @@ def time_step_end(trainer: ezpz.Trainer, calls: int) -> float:
 
 
 def time_train_step(trainer: ezpz.Trainer, calls: int) -> float:
-    hook, model, batch = trainer.hooks.train_step, trainer.model, (None, None)
+    hook = trainer.plugins.direct(trainer.hooks.train_step)
+    model, batch = trainer.model, (None, None)
     start = time.perf_counter()
     for batch_idx in range(calls):
         hook(trainer=trainer, model=model, batch=batch, batch_idx=batch_idx)

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from ezpz_core.config import TrainConfig
 from ezpz_core.dist import (
+    cleanup,
     get_local_rank,
     get_rank,
     get_torch_backend,
     get_torch_device,
     get_world_size,
+    setup_torch,
 )
 from ezpz_core.errors import ConfigError, DataError, EzpzError, PluginError
 from ezpz_core.hookspecs import hookimpl, hookspec
@@ -41,6 +43,7 @@ __all__ = [
     "Register",
     "TrainConfig",
     "Trainer",
+    "cleanup",
     "get_local_rank",
     "get_rank",
     "get_torch_backend",
@@ -48,6 +51,7 @@ __all__ = [
     "get_world_size",
     "hookimpl",
     "hookspec",
+    "setup_torch",
 ]
 
 _LAZY = {

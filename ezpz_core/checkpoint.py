@@ -88,11 +88,15 @@ def write(root: Path, name: str, state: dict[str, Any]) -> Path:
 
 
 def point(root: Path, pointer: str, name: str) -> None:
-    """Move ``root/pointer`` to checkpoint ``name`` atomically."""
+    """Move ``root/pointer`` to checkpoint ``name`` atomically.
+
+    Not fsynced: a pointer lost or torn by a crash is harmless, because
+    ``resolve`` checks what it points to and falls back to the newest complete
+    checkpoint, whose own rename was made durable before any pruning.
+    """
     tmp = root / f".{pointer}.tmp"
-    _write_file(tmp, (name + "\n").encode())
+    tmp.write_text(name + "\n")
     os.replace(tmp, root / pointer)
-    _fsync_dir(root)
 
 
 def read_pointer(root: Path, pointer: str) -> Path | None:

@@ -115,7 +115,7 @@ def train_step(
     """Compute the loss of one micro-batch, already on ``trainer.device``.
 
     Return the scalar loss, or ``(loss, metrics)`` where metrics are scalar
-    tensors averaged over the logging interval as ``train/<name>``. ezpz runs
+    tensors reported at logging steps as ``train/<name>``. ezpz runs
     backward, gradient accumulation, clipping and the optimizer step, inside
     autocast when mixed precision is on. Do not call ``.item()`` here: it forces
     a device sync every step. The fallback handles ``(inputs, targets)`` batches
@@ -175,9 +175,11 @@ def on_epoch_end(trainer: Trainer, epoch: int) -> None:
 def on_log(trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None:
     """A metrics record: every plugin sees every record.
 
-    Train records come every ``log_every`` steps with ``train/loss``,
-    ``train/lr``, ``train/samples_per_sec`` and friends; eval records carry
-    ``eval/*``. Values are Python floats, already synchronised from the device.
+    Train records come every ``log_every`` steps with ``train/loss`` (the
+    logging step's loss, averaged over its micro-batches and ranks),
+    ``train/lr``, ``train/samples_per_sec`` (over the interval) and friends;
+    eval records carry ``eval/*``. Values are Python floats, already
+    synchronised from the device.
     """
 
 

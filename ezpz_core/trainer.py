@@ -317,10 +317,10 @@ class Trainer:
         loss = out[0] if isinstance(out, tuple) else out
         if isinstance(out, tuple):
             for key, value in out[1].items():
-                self._extras.setdefault(key, []).append(value.detach())
+                self._extras.setdefault(key, []).append(value)
         scaled = loss / accum if accum > 1 else loss
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        self._losses.append(loss.detach())
+        self._losses.append(loss)  # this step's only; read (and detached) at logging steps
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step (all ranks together), saving a checkpoint first."""
@@ -348,6 +348,9 @@ class Trainer:
             self.evaluate()
         if wants_step_end:
             self._step_end(trainer=self, step=self.step)
+        self._losses.clear()
+        if self._extras:
+            self._extras.clear()
         self._epoch_finished = False
         return end_of_run or self.should_stop
 
@@ -418,11 +421,7 @@ class Trainer:
                 "batch": 0 if finished else self.batch_in_epoch,
             },
             "rng": parallel.gather(self._rng()),
-            "pending": {
-                "losses": torch.stack(self._losses).cpu() if self._losses else None,
-                "extras": {k: torch.stack(v).cpu() for k, v in self._extras.items()},
-                "samples": self._samples,
-            },
+            "pending": {"samples": self._samples},
             "metrics": {"train": dict(self.train_metrics), "eval": dict(self.eval_metrics)},
             "config": {"train": to_dict(self.config),
                        "model": to_dict(self.model_config) if self.model_config else None},
@@ -462,11 +461,7 @@ class Trainer:
         progress = state["progress"]
         self.step, self.epoch, self.batch_in_epoch = (
             progress["step"], progress["epoch"], progress["batch"])
-        pending = state["pending"]
-        self._losses = list(pending["losses"].to(self.device)) if pending["losses"] is not None \
-            else []
-        self._extras = {k: list(v.to(self.device)) for k, v in pending["extras"].items()}
-        self._samples = pending["samples"]
+        self._samples = state["pending"]["samples"]
         self.train_metrics = dict(state["metrics"]["train"])
         self.eval_metrics = dict(state["metrics"]["eval"])
         def mine(states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -481,13 +476,19 @@ class Trainer:
 
     # --- metrics -------------------------------------------------------------
 
+    @torch.no_grad()
     def _log_train(self) -> None:
-        """Turn the interval's on-device losses into floats: the only sync in training."""
+        """Bring this step's loss and metrics to the host: the only sync in training.
+
+        Only the logging step is read (as nanoGPT and Lightning log): touching
+        every step's loss, even with a cheap on-device sum, costs an operator
+        launch per step that tiny models notice.
+        """
         if not self._losses:
             return
         now = time.perf_counter()
         elapsed = max(now - self._interval_start, 1e-9)
-        values = [torch.stack(self._losses).mean()]
+        values = [torch.stack(self._losses).float().mean()]
         names = ["train/loss"]
         for key, items in self._extras.items():
             values.append(torch.stack(items).float().mean())
@@ -504,7 +505,7 @@ class Trainer:
         metrics["train/step_ms"] = 1000.0 * elapsed / max(self._interval_steps, 1)
         metrics["train/epoch"] = float(self.epoch)
         self._add_throughput(metrics, samples_per_sec)
-        self._losses, self._extras, self._samples, self._grad_norm = [], {}, 0, None
+        self._samples, self._grad_norm = 0, None
         self._interval_steps, self._interval_start = 0, time.perf_counter()
         self.train_metrics = metrics
         self.log(metrics)

@@ -51,7 +51,7 @@ class GPTOptions:
     n_head: int = _field(4, "attention heads per block")
     n_embd: int = _field(128, "embedding width (a multiple of n_head)")
     block_size: int = _field(64, "context length in tokens")
-    bias: bool = _field(False, "biases in Linear and LayerNorm layers")
+    bias: bool = _field(True, "biases in Linear and LayerNorm layers (as GPT-2)")
     dropout: float = _field(0.0, "dropout probability")
     vocab_size: int | None = _field(None, "vocabulary size (default: the tokenizer's)")
 
