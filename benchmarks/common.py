@@ -30,6 +30,29 @@ def interleaved(contenders: dict[str, Callable[[], float]], trials: int) -> dict
     return results
 
 
+def per_step(runners: dict[str, Callable[[int], float]], steps: int, trials: int,
+             scale: float) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time per step two ways: a whole run of ``steps`` divided by them, and the marginal
+    cost of a step (that run minus one of ``steps // 5``), which cancels fixed per-run work.
+
+    Each runner takes a step count and returns seconds; ``scale`` converts seconds to the
+    unit reported (1e3 for ms, 1e6 for us). Returns ``(whole, marginal)``.
+    """
+    short = max(1, steps // 5)
+    whole: dict[str, list[float]] = {name: [] for name in runners}
+
+    def marginal(name: str, run: Callable[[int], float]) -> Callable[[], float]:
+        def trial() -> float:
+            full = run(steps)
+            whole[name].append(scale * full / steps)
+            return scale * (full - run(short)) / (steps - short)
+
+        return trial
+
+    results = interleaved({n: marginal(n, r) for n, r in runners.items()}, trials=trials)
+    return whole, results
+
+
 def report(title: str, unit: str, results: dict[str, list[float]], baseline: str) -> None:
     base = statistics.median(results[baseline])
     print(f"{title}  [{machine()}, {time.strftime('%Y-%m-%d')}]")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import ezpz
-from benchmarks.common import interleaved, report
+from benchmarks.common import per_step, report
 from ezpz_models.gpt.config import ModelConfig
 from ezpz_models.gpt.data import TextBatches, prepare, resolve_corpus
 from ezpz_models.gpt.model import GPT
@@ -98,24 +98,12 @@ def main() -> None:
     prepared = prepare(resolve_corpus(args.data))
     vocab = prepared.tokenizer.vocab_size
     data = TextBatches(prepared.train, batch_size=12, block_size=64, seed=0)
-    short = max(1, args.steps // 5)
-    whole: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {
+        runners: dict[str, Callable[[int], float]] = {
             "hand-written loop": lambda n: hand_written(data, vocab, n),
             "ezpz (default plugins)": lambda n: through_ezpz(data, vocab, n, Path(tmp)),
         }
-
-        def marginal(name: str, run: Callable[[int], float]) -> Callable[[], float]:
-            def trial() -> float:
-                full = run(args.steps)
-                whole.setdefault(name, []).append(1000 * full / args.steps)
-                return 1000 * (full - run(short)) / (args.steps - short)
-
-            return trial
-
-        results = interleaved({n: marginal(n, r) for n, r in runners.items()},
-                              trials=args.trials)
+        whole, results = per_step(runners, args.steps, args.trials, scale=1000)
     title = f"GPT nanoGPT-CPU config, {args.steps} steps per trial"
     report(f"{title}: whole fit / steps", "ms/step", whole, baseline="hand-written loop")
     report(f"{title}: marginal cost of a step", "ms/step", results,

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ezpz
-from benchmarks.common import interleaved, report
+from benchmarks.common import per_step, report
 
 BATCH, IN, HIDDEN, OUT = 32, 32, 64, 10
 LR, LOG_EVERY = 0.01, 50
@@ -168,28 +168,17 @@ def main() -> None:
     torch.set_num_threads(1)
     batches = make_batches(args.steps)
     pl = import_lightning()
-    short = batches[: len(batches) // 5]
-    whole: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runners: dict[str, Callable[[list[Batch]], float]] = {
-            "hand-written loop": hand_written,
-            "ezpz (default plugins)": lambda b: through_ezpz(b, Path(tmp)),
-            "ezpz (no plugins)": lambda b: through_ezpz(b, Path(tmp), DEFAULT_PLUGINS),
+        runners: dict[str, Callable[[int], float]] = {
+            "hand-written loop": lambda n: hand_written(batches[:n]),
+            "ezpz (default plugins)": lambda n: through_ezpz(batches[:n], Path(tmp)),
+            "ezpz (no plugins)": lambda n: through_ezpz(batches[:n], Path(tmp), DEFAULT_PLUGINS),
         }
         if pl is not None:
             quiet_lightning()
-            runners[f"lightning {pl.__version__} *"] = lightning_runner(pl)
-
-        def marginal(name: str, run: Callable[[list[Batch]], float]) -> Callable[[], float]:
-            def trial() -> float:
-                full = run(batches)
-                whole.setdefault(name, []).append(1e6 * full / len(batches))
-                return 1e6 * (full - run(short)) / (len(batches) - len(short))
-
-            return trial
-
-        results = interleaved({n: marginal(n, r) for n, r in runners.items()},
-                              trials=args.trials)
+            run_lightning = lightning_runner(pl)
+            runners[f"lightning {pl.__version__} *"] = lambda n: run_lightning(batches[:n])
+        whole, results = per_step(runners, len(batches), args.trials, scale=1e6)
     title = f"Tiny MLP {IN}->{HIDDEN}->{OUT}, batch {BATCH}, SGD, {args.steps} steps per trial"
     report(f"{title}: whole fit / steps", "us/step", whole, baseline="hand-written loop")
     report(f"{title}: marginal cost of a step", "us/step", results,
