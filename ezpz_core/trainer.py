@@ -134,6 +134,8 @@ class Trainer:
         self._interval_steps = 0
         self._start_time = 0.0
         self._epoch_finished = False
+        self._step_end: Callable[..., Any] = self.hooks.on_step_end
+        self._has_eval = False
         self._epoch_rng: dict[str, Any] | None = None
         self._resume_epoch_rng: dict[str, Any] | None = None
         self._resume_step_rng: dict[str, Any] | None = None
@@ -274,6 +276,7 @@ class Trainer:
         train_step = self.plugins.direct(self.hooks.train_step)
         move = None if self.device.type == "cpu" else self.device
         self._step_end = self.plugins.direct(self.hooks.on_step_end)
+        self._has_eval = self.data is not None and self.data.eval is not None
         wants_step_end = bool(self.hooks.on_step_end.get_hookimpls())
         n_batches = resume.length(loader)
         first = self.batch_in_epoch
@@ -310,8 +313,11 @@ class Trainer:
     def _train_micro_batch(self, train_step: Any, model: torch.nn.Module, batch: Any,
                            batch_idx: int, accum: int) -> None:
         """Forward (under autocast) and backward of one micro-batch; keeps the loss on device."""
-        with self.autocast():
+        if self._autocast_dtype is None:
             out = train_step(trainer=self, model=model, batch=batch, batch_idx=batch_idx)
+        else:
+            with self.autocast():
+                out = train_step(trainer=self, model=model, batch=batch, batch_idx=batch_idx)
         if out is None:
             raise PluginError("no train_step hook returned a loss")
         loss = out[0] if isinstance(out, tuple) else out
@@ -344,7 +350,7 @@ class Trainer:
         end_of_run = self.total_steps is not None and self.step >= self.total_steps
         if self.step % self.config.log_every == 0 or end_of_run:
             self._log_train()
-        if self._eval_due(end_of_epoch, end_of_run):
+        if self._has_eval and self._eval_due(end_of_epoch, end_of_run):
             self.evaluate()
         if wants_step_end:
             self._step_end(trainer=self, step=self.step)
@@ -376,9 +382,6 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
 
     def _eval_due(self, end_of_epoch: bool, end_of_run: bool) -> bool:
-        assert self.data is not None
-        if self.data.eval is None:
-            return False
         every = self.config.eval_every
         if every is not None:
             return self.step % every == 0 or end_of_run
