@@ -49,6 +49,12 @@ def test_train_then_generate(corpus, tmp_path):
     assert first.startswith("To be") and len(first.rstrip("\n")) == len("To be") + 40
     assert sample("1") == first
     assert sample("2") != first
+    # The final checkpoint holds the same weights as the run's final model file.
+    final = out / "checkpoints" / "step-00000030"
+    from_checkpoint = ezpz("generate", "--from", str(final), "--prompt", "To be",
+                           "--max-new-tokens", "40", "--seed", "1", cwd=tmp_path)
+    assert from_checkpoint.returncode == 0, from_checkpoint.stderr
+    assert from_checkpoint.stdout == first
 
 
 def test_default_corpus_is_the_standard_library(tmp_path):
@@ -85,4 +91,4 @@ def test_bad_text_and_config_are_one_line_errors(setup, args, message, tmp_path)
 def test_generate_from_something_that_is_not_a_run(tmp_path):
     done = ezpz("generate", "--from", str(tmp_path), "--prompt", "x", cwd=tmp_path)
     assert done.returncode == 2
-    assert "is not a finished GPT run" in done.stderr
+    assert "is not a GPT run or checkpoint" in done.stderr

@@ -82,8 +82,9 @@ def register_models(register: Register) -> None:
 def register_commands(subparsers: Any) -> None:
     parser = subparsers.add_parser("generate", help="sample text from a trained GPT run",
                                    description="Sample text from a trained GPT run.")
-    parser.add_argument("--from", dest="source", required=True, metavar="RUN_DIR",
-                        help="a run directory written by `ezpz train gpt`")
+    parser.add_argument("--from", dest="source", required=True, metavar="RUN_OR_CHECKPOINT",
+                        help="a run directory written by `ezpz train gpt`, or one of its "
+                             "checkpoints (RUN/checkpoints/step-N)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
     parser.add_argument("--temperature", type=float, default=0.8, metavar="T")

@@ -15,20 +15,38 @@ from ezpz_models.gpt.model import GPT
 from ezpz_models.gpt.plugin import CONFIG, TOKENIZER, WEIGHTS
 
 
-def load_run(run_dir: Path, device: str | None = None) -> tuple[GPT, CharTokenizer | BpeTokenizer]:
-    """The model and tokenizer a ``ezpz train gpt`` run left in ``run_dir``."""
+def _weights(source: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The run directory and model weights ``source`` names: a run (its final weights, else
+    its newest complete checkpoint) or one checkpoint directory inside a run."""
+    from ezpz_core import checkpoint
+
+    if (source / checkpoint.STATE).is_file():  # RUN/checkpoints/step-N
+        return source.parent.parent, checkpoint.load(source)["model"]
+    if (source / WEIGHTS).is_file():
+        return source, torch.load(source / WEIGHTS, map_location="cpu", weights_only=True)
+    latest = checkpoint.resolve(checkpoint.LATEST, source) if source.is_dir() else None
+    if latest is None:
+        raise DataError(
+            f"{source} is not a GPT run or checkpoint (no {WEIGHTS} and no complete checkpoint); "
+            "pass the --out-dir of an `ezpz train gpt` run"
+        )
+    return source, checkpoint.load(latest)["model"]
+
+
+def load_run(source: Path, device: str | None = None) -> tuple[GPT, CharTokenizer | BpeTokenizer]:
+    """The model and tokenizer of an ``ezpz train gpt`` run, or of one of its checkpoints."""
     import json
 
-    missing = [name for name in (WEIGHTS, CONFIG, TOKENIZER) if not (run_dir / name).is_file()]
+    run_dir, weights = _weights(source)
+    missing = [name for name in (CONFIG, TOKENIZER) if not (run_dir / name).is_file()]
     if missing:
         raise DataError(
-            f"{run_dir} is not a finished GPT run (missing {', '.join(missing)}); "
+            f"{run_dir} is not a GPT run (missing {', '.join(missing)}); "
             "pass the --out-dir of an `ezpz train gpt` run"
         )
     config = build(ModelConfig, json.loads((run_dir / CONFIG).read_text()), "model")
     model = GPT(config)
-    state = torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(weights)
     model.to(device or get_torch_device())
     return model, load_tokenizer(run_dir / TOKENIZER)
 
