@@ -10,6 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import ezpz
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -96,3 +101,28 @@ def install_plugin(tmp_path, monkeypatch):
         return site
 
     return install
+
+
+def toy_loaders(n: int, batch: int, eval_batch: int) -> tuple[DataLoader, DataLoader]:
+    """A small learnable 3-class problem on 8 features, for tests of callbacks."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=generator)
+    data = TensorDataset(x, x[:, :3].argmax(dim=1))
+    return DataLoader(data, batch_size=batch), DataLoader(data, batch_size=eval_batch)
+
+
+def toy_model(hidden: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+class Crash:
+    """Fails the fit at one step, as a crash would."""
+
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    @ezpz.hookimpl
+    def on_step_end(self, step: int) -> None:
+        if step == self.at:
+            raise RuntimeError(f"simulated crash at step {step}")

@@ -10,26 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import Crash, toy_loaders, toy_model
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import ezpz
 from ezpz_core.runs import read_records, truncate_records
 from ezpz_plugins import history
 
 
-def loaders(n: int = 160, batch: int = 8) -> tuple[DataLoader, DataLoader]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 8, generator=generator)
-    data = TensorDataset(x, x[:, :3].argmax(dim=1))
-    return DataLoader(data, batch_size=batch), DataLoader(data, batch_size=40)
+def loaders() -> tuple[DataLoader, DataLoader]:
+    return toy_loaders(160, 8, 40)
 
 
 def model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    return toy_model(32)
 
 
 class Recorder:
@@ -51,15 +47,6 @@ class Recorder:
     def on_log_text(self, step: int, text: str) -> None:
         self.texts.append((step, text))
 
-
-class Crash:
-    def __init__(self, step: int) -> None:
-        self.at = step
-
-    @ezpz.hookimpl
-    def on_step_end(self, step: int) -> None:
-        if step == self.at:
-            raise RuntimeError(f"simulated crash at step {step}")
 
 
 @pytest.fixture(scope="module")

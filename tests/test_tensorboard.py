@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Crash, toy_loaders, toy_model
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.util import tensor_util
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import ezpz
 from ezpz_core.errors import ConfigError
@@ -28,16 +29,12 @@ TINY_GPT = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size",
             "--batch-size", "4", "--eval-batches", "4", "--quiet"]
 
 
-def loaders(n: int = 96, batch: int = 8) -> tuple[DataLoader, DataLoader]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 8, generator=generator)
-    data = TensorDataset(x, x[:, :3].argmax(dim=1))
-    return DataLoader(data, batch_size=batch), DataLoader(data, batch_size=32)
+def loaders() -> tuple[DataLoader, DataLoader]:
+    return toy_loaders(96, 8, 32)
 
 
 def model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    return toy_model(16)
 
 
 def accumulate(run_dir: Path) -> ea.EventAccumulator:
@@ -76,17 +73,6 @@ def texts(acc: ea.EventAccumulator, tag: str) -> list[tuple[int, str]]:
     return [(event.step, tensor_util.make_ndarray(event.tensor_proto).item().decode())
             for event in acc.Tensors(f"{tag}/text_summary")]
 
-
-class Crash:
-    """Fails the fit at one step, as a crash would."""
-
-    def __init__(self, step: int) -> None:
-        self.at = step
-
-    @ezpz.hookimpl
-    def on_step_end(self, step: int) -> None:
-        if step == self.at:
-            raise RuntimeError(f"simulated crash at step {step}")
 
 
 class FlushProbe:
