@@ -86,7 +86,13 @@ def prepare(batches: Iterable[Any]) -> None:
 
 
 def length(loader: Iterable[Any]) -> int | None:
-    return len(loader) if isinstance(loader, Sized) else None
+    """Batches per epoch, or None (a DataLoader over an IterableDataset raises in ``len``)."""
+    if not isinstance(loader, Sized):
+        return None
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def generators(loader: Iterable[Any]) -> list[Any]:

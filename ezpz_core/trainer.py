@@ -178,10 +178,7 @@ class Trainer:
     def _count_steps(self) -> int | None:
         config = self.config
         assert self.data is not None
-        try:
-            batches = len(self.data.train)  # type: ignore[arg-type]
-        except TypeError:
-            batches = None
+        batches = resume.length(self.data.train)
         per_epoch = math.ceil(batches / config.grad_accum) if batches is not None else None
         if per_epoch == 0:
             raise DataError("the training data is empty")

@@ -132,3 +132,16 @@ def test_bad_inputs_are_one_line_errors():
         ezpz.Trainer(CustomModel(), ezpz.TrainConfig(max_steps=1)).fit([torch.randn(2, 8)])
     with pytest.raises(ValueError, match=r"lr=-0\.1 must be > 0"):
         ezpz.TrainConfig(lr=-0.1)
+
+
+def test_an_iterable_dataset_without_length_trains_to_max_steps():
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(0)
+            while True:
+                x = torch.randn(8, generator=generator)
+                yield x, x[:3].argmax()
+
+    loader = DataLoader(Stream(), batch_size=16)
+    result = ezpz.Trainer(CustomModel(), ezpz.TrainConfig(max_steps=7, log_every=7)).fit(loader)
+    assert result.step == 7 and math.isfinite(result.train["train/loss"])
