@@ -20,7 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: Run in this order: cheapest first, so a broken setup shows up early.
 BENCHMARKS = ("cli_startup", "hook_dispatch", "tiny_step", "checkpoint_save", "mnist_epoch",
-              "gpt_step", "scaling")
+              "gpt_step", "scaling", "gpu_gpt")
+#: Benchmarks that need a CUDA GPU; skipped without one, except as a ``--small`` smoke run
+#: (which falls back to the CPU).
+NEEDS_CUDA = ("gpu_gpt",)
 #: Benchmarks without a ``--small`` flag, and the options that make them one.
 SMALL_ARGS = {"gpt_step": ["--steps", "10", "--trials", "1"]}
 
@@ -32,6 +35,12 @@ def command(name: str, small: bool) -> list[str]:
     return argv
 
 
+def has_cuda() -> bool:
+    """Asked in a child process, so this one never imports torch."""
+    probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +50,10 @@ def main() -> int:
     args = parser.parse_args()
     failed: list[str] = []
     for name in args.only or BENCHMARKS:
+        if name in NEEDS_CUDA and not args.small and not has_cuda():
+            print(f"\n== {name}: skipped (needs a CUDA GPU; --small runs it on the CPU)",
+                  flush=True)
+            continue
         argv = command(name, args.small)
         print(f"\n== {name}: {' '.join(argv[1:])}", flush=True)
         start = time.perf_counter()

@@ -11,6 +11,7 @@ run code hidden in a pickle.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -85,6 +86,26 @@ def write(root: Path, name: str, state: dict[str, Any]) -> Path:
             f"could not save checkpoint {final}: {reason}; the previous checkpoints are intact"
         ) from None
     return final
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of a state that training can no longer change: tensors copied to host memory.
+
+    ``state_dict()`` tensors share storage with the live parameters and
+    optimizer buffers, which the next step updates in place; a checkpoint
+    written in the background must hold the values of the step it names.
+    """
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone() if value.device.type == "cpu" else value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(item) for item in value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    return copy.deepcopy(value)
 
 
 def point(root: Path, pointer: str, name: str) -> None:

@@ -87,6 +87,8 @@ class TrainConfig:
     checkpoint_every: int | None = _field(
         None, "steps between checkpoints (default: at each evaluation, epoch end and the end)",
         _positive)
+    checkpoint_async: bool = _field(
+        True, "write checkpoints in the background; the step waits only for a copy in memory")
     keep_last: int = _field(2, "how many recent checkpoints to keep", _positive)
     monitor: str | None = _field(None, "metric whose best checkpoint is also kept, e.g. eval/loss")
     monitor_mode: str = _field("min", "whether the best monitored value is the min or the max",

@@ -5,6 +5,15 @@ every other plugin's hooks, so what it saves is final for the step. Saves go
 through ``ezpz_core.checkpoint``: atomic directories, then the ``latest``
 pointer, then pruning, in that order. Writes nothing without an ``out_dir``.
 
+Saving is asynchronous by default (``checkpoint_async``): the step waits only
+while the state is gathered and copied in memory; a background thread writes,
+fsyncs, renames, moves the pointers and prunes. One write is in flight at a
+time: the next save, the end of the run and an exception first wait for it,
+so when ``fit`` returns (or raises) the last checkpoint is on disk. A write
+that fails is reported at that wait, with the previous checkpoints intact.
+``--no-checkpoint-async`` writes on the training thread instead, and needs no
+second copy of the state in memory.
+
 When the scheduler sends SIGTERM or SIGUSR1 (as Slurm and PBS do before a
 kill), the current step finishes, a checkpoint is saved and the run ends with
 ``trainer.stop_reason`` set; the CLI then exits with status 75 (EX_TEMPFAIL).
@@ -39,6 +48,8 @@ class Checkpointer:
         self.last_saved: Path | None = None
         self._best: tuple[float, str] | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._writer: threading.Thread | None = None
+        self._failure: checkpoint.CheckpointError | None = None
 
     # --- when --------------------------------------------------------------
 
@@ -75,47 +86,95 @@ class Checkpointer:
             return step % every == 0
         return trainer.last_eval_step == step or trainer.batch_in_epoch == 0
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def on_train_end(self, trainer: Trainer) -> None:
-        if self.root is not None and (self.last_saved is None or
-                                      self.last_saved.name != checkpoint.step_name(trainer.step)):
-            self.save(trainer)
-        self._restore_signal_handlers()
+        """Last, so the final write overlaps the other plugins' end-of-run work."""
+        from ezpz_core import dist
+
+        try:
+            if self.root is not None and (
+                    self.last_saved is None
+                    or self.last_saved.name != checkpoint.step_name(trainer.step)):
+                self.save(trainer)
+            self.wait()
+        finally:
+            self._restore_signal_handlers()
+        if self.root is not None:
+            dist.barrier()  # no rank returns before the final checkpoint is on disk
 
     @hookimpl
     def on_exception(self, trainer: Trainer) -> None:
-        self._restore_signal_handlers()
+        """Let the write in flight finish: it is the checkpoint a rerun resumes from."""
+        try:
+            self.wait()
+        except checkpoint.CheckpointError as error:
+            log.error("%s", error)
+        finally:
+            self._restore_signal_handlers()
 
     # --- how ---------------------------------------------------------------
 
     def save(self, trainer: Trainer) -> Path:
-        """Write a checkpoint of the current step, move ``latest``, then prune.
+        """Checkpoint the current step: write it, move ``latest``, then prune.
 
-        Every rank takes part in gathering the state; rank 0 alone writes it.
+        Every rank takes part in gathering the state; rank 0 alone writes it,
+        in the background unless ``checkpoint_async`` is off.
         """
         from ezpz_core import dist
 
         assert self.root is not None
+        self.wait()
         name = checkpoint.step_name(trainer.step)
+        background = trainer.config.checkpoint_async
         state = trainer.state_dict()
-        path = self.root / name
         if trainer.rank == 0:
-            checkpoint.write(self.root, name, state)
-            checkpoint.point(self.root, checkpoint.LATEST, name)
-            if self._best is not None and self._best[1] == name:
-                checkpoint.point(self.root, checkpoint.BEST, name)
-            self._prune(trainer.config.keep_last)
-            log.debug("saved checkpoint %s", path)
-        dist.barrier()
-        self.last_saved = path
-        return path
+            best = self._best[1] if self._best is not None else None
+            if background:
+                self._writer = threading.Thread(
+                    target=self._write_in_background, name="ezpz-checkpoint",
+                    args=(name, checkpoint.snapshot(state), best, trainer.config.keep_last))
+                self._writer.start()
+            else:
+                self._write(name, state, best, trainer.config.keep_last)
+        if not background:
+            dist.barrier()
+        self.last_saved = self.root / name
+        return self.last_saved
 
-    def _prune(self, keep: int) -> None:
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise its error if it failed."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _write_in_background(self, name: str, state: dict[str, Any], best: str | None,
+                             keep: int) -> None:
+        try:
+            self._write(name, state, best, keep)
+        except checkpoint.CheckpointError as error:
+            self._failure = error
+        except Exception as error:  # surfaced at the next wait, never lost with the thread
+            self._failure = checkpoint.CheckpointError(
+                f"could not save checkpoint {name}: {type(error).__name__}: {error}")
+
+    def _write(self, name: str, state: dict[str, Any], best: str | None, keep: int) -> None:
+        assert self.root is not None
+        checkpoint.write(self.root, name, state)
+        checkpoint.point(self.root, checkpoint.LATEST, name)
+        if best == name:
+            checkpoint.point(self.root, checkpoint.BEST, name)
+        self._prune(keep, best)
+        log.debug("saved checkpoint %s", self.root / name)
+
+    def _prune(self, keep: int, best: str | None) -> None:
         assert self.root is not None
         done = checkpoint.complete(self.root)
         protected = {p.name for p in done[-keep:]}
-        if self._best is not None:
-            protected.add(self._best[1])
+        if best is not None:
+            protected.add(best)
         for path in done:
             if path.name not in protected:
                 shutil.rmtree(path, ignore_errors=True)

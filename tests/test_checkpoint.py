@@ -254,3 +254,78 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(gpt_run, tmp_path):
     assert not (root / "step-00000050").exists() and not list(root.glob(".*tmp"))
     assert checkpoint.resolve("latest", gpt_run).name == "step-00000040"
     checkpoint.load(root / "step-00000040")
+
+
+def test_a_background_save_holds_its_own_step_while_training_runs_on(monkeypatch, tmp_path):
+    """Each write is held back 0.3 s, so training is steps ahead of it (updating the very
+    parameters in place): the checkpoint must still hold the weights of the step it names."""
+    import ezpz
+    from ezpz_core import checkpoint as files
+    from tests.conftest import toy_loaders, toy_model
+
+    real_write = files.write
+
+    def late_write(root: Path, name: str, state: dict) -> Path:
+        time.sleep(0.3)
+        return real_write(root, name, state)
+
+    monkeypatch.setattr(files, "write", late_write)
+    root = tmp_path / "run" / "checkpoints"
+
+    class Watch:
+        def __init__(self) -> None:
+            self.weights: dict[int, dict[str, torch.Tensor]] = {}
+            self.done_when_next_step_ended: dict[int, bool] = {}
+
+        @ezpz.hookimpl(tryfirst=True)
+        def on_step_end(self, trainer, step: int) -> None:
+            self.weights[step] = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+            self.done_when_next_step_ended[step - 1] = (root / files.step_name(step - 1)).exists()
+
+    watch = Watch()
+    train, _ = toy_loaders(64, 8, 64)
+    config = ezpz.TrainConfig(max_steps=5, checkpoint_every=1, keep_last=10, lr=0.1,
+                              out_dir=str(tmp_path / "run"), device="cpu")
+    ezpz.Trainer(toy_model(16), config, plugins=[watch]).fit(train)
+
+    assert not any(watch.done_when_next_step_ended[s] for s in range(1, 5))  # did run ahead
+    assert [p.name for p in files.complete(root)] == [files.step_name(s) for s in range(1, 6)]
+    for step in range(1, 6):
+        assert_same(files.load(root / files.step_name(step))["model"], watch.weights[step])
+
+
+def test_a_background_write_that_fails_ends_the_run_and_keeps_the_previous_checkpoint(
+        tmp_path):
+    """A real EFBIG in the background writer: reported as one error by fit, nothing lost."""
+    script = tmp_path / "full_disk_async.py"
+    script.write_text(textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        import ezpz
+        from tests.conftest import toy_loaders, toy_model
+
+        def fit(steps):
+            config = ezpz.TrainConfig(max_steps=steps, checkpoint_every=1, lr=0.1,
+                                      out_dir={str(tmp_path / "run")!r}, device="cpu")
+            trainer = ezpz.Trainer(toy_model(256), config,
+                                   block=["history", "tensorboard", "console"])
+            return trainer.fit(toy_loaders(64, 8, 64)[0], resume="latest")
+
+        fit(3)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE,
+                           (16384, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            fit(6)
+        except ezpz.CheckpointError as error:
+            print("ERROR", error)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("ERROR")] or [done.stderr]
+    assert "could not save checkpoint" in line and "step-00000004" in line, line
+    assert "previous checkpoints are intact" in line
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in checkpoint.complete(root)] == ["step-00000002", "step-00000003"]
+    assert not list(root.glob(".*tmp")) and not (root / "step-00000004").exists()
+    assert checkpoint.resolve("latest", tmp_path / "run").name == "step-00000003"
