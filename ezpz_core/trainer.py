@@ -29,6 +29,8 @@ from ezpz_core.types import Data, FitResult
 def _batch_size(batch: Any) -> int:
     while isinstance(batch, (tuple, list)) and batch:
         batch = batch[0]
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, Mapping) and batch:
         return _batch_size(next(iter(batch.values())))
     shape = getattr(batch, "shape", None)
@@ -43,6 +45,13 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, Mapping):
         return {key: _to_device(value, device) for key, value in batch.items()}
     return batch
+
+
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
+    """The mean of a step's micro-batch values as float32: no operator for the usual one."""
+    if len(values) == 1:
+        return values[0].detach().float()
+    return torch.stack([v.detach().float() for v in values]).mean()
 
 
 @functools.cache
@@ -130,6 +139,7 @@ class Trainer:
         self._extras: dict[str, list[torch.Tensor]] = {}
         self._samples = 0
         self._grad_norm: torch.Tensor | None = None
+        self._params: list[torch.nn.Parameter] = []
         self._interval_start = 0.0
         self._interval_steps = 0
         self._start_time = 0.0
@@ -165,6 +175,7 @@ class Trainer:
                                 self._autocast_dtype)
         compiled = torch.compile(wrapped) if self.config.compile else wrapped
         self.model = compiled  # type: ignore[assignment]
+        self._params = [p for p in self.module.parameters() if p.requires_grad]
         if self.world_size > 1:
             self._stop_agreement = parallel.StopAgreement()
         self.total_steps = self._count_steps()
@@ -364,11 +375,9 @@ class Trainer:
             self.scaler.unscale_(optimizer)
         if config.grad_clip > 0:
             self._grad_norm = parallel.local_tensor(
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip))
+                torch.nn.utils.clip_grad_norm_(self._params, config.grad_clip))
         elif (self.step + 1) % config.log_every == 0:
-            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-            self._grad_norm = (parallel.local_tensor(torch.nn.utils.get_total_norm(grads))
-                               if grads else None)
+            self._grad_norm = parallel.grad_norm(self._params)
         if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -488,15 +497,14 @@ class Trainer:
             return
         now = time.perf_counter()
         elapsed = max(now - self._interval_start, 1e-9)
-        values = [torch.stack(self._losses).float().mean()]
-        names = ["train/loss"]
-        for key, items in self._extras.items():
-            values.append(torch.stack(items).float().mean())
-            names.append(f"train/{key}")
+        names = ["train/loss", *(f"train/{key}" for key in self._extras)]
+        values = [_mean(self._losses), *(_mean(items) for items in self._extras.values())]
         if self._grad_norm is not None:
-            values.append(self._grad_norm.float())
+            values.append(self._grad_norm.detach().float())
             names.append("train/grad_norm")
-        stacked = dist.all_reduce_mean(torch.stack([v.float() for v in values]))
+        stacked = torch.stack(values)  # one tensor, so one device-to-host copy
+        if self.world_size > 1:
+            stacked = dist.all_reduce_mean(stacked)
         metrics = dict(zip(names, stacked.tolist(), strict=True))
         assert self.optimizer is not None
         samples_per_sec = self._samples * self.world_size / elapsed

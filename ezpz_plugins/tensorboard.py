@@ -89,6 +89,8 @@ class TensorBoardLogger:
     def __init__(self) -> None:
         self._writer: Any = None
         self._handles: list[Any] = []
+        self._summary: Any = None
+        self._value: Any = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -98,10 +100,12 @@ class TensorBoardLogger:
         if trainer.out_dir is None or trainer.rank != 0:
             return
         try:
+            from tensorboard.compat.proto.summary_pb2 import Summary
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
             log.warning("TensorBoard logging is off: %s (pip install tensorboard)", error)
             return
+        self._summary, self._value = Summary, Summary.Value
         self._writer = SummaryWriter(
             log_dir=str(trainer.out_dir / SUBDIR),
             purge_step=trainer.step + 1 if trainer.step > 0 else 0,
@@ -139,8 +143,10 @@ class TensorBoardLogger:
     def on_log(self, step: int, metrics: Mapping[str, float]) -> None:
         if self._writer is None:
             return
-        for tag, value in metrics.items():
-            self._writer.add_scalar(tag, value, step)
+        # One event holding every scalar of the record: what add_scalar writes per tag, read
+        # back identically, at a fraction of the cost on a tiny model's logging step.
+        values = [self._value(tag=tag, simple_value=value) for tag, value in metrics.items()]
+        self._writer.file_writer.add_summary(self._summary(value=values), step)
         if any(tag.startswith("eval/") for tag in metrics):
             self._writer.flush()
 

@@ -88,6 +88,35 @@ def test_max_steps_stops_mid_epoch_and_clipping_bounds_the_reported_norm():
     assert logs[-1]["train/grad_norm"] > 1e-3  # the norm before clipping is what is reported
 
 
+def test_the_logged_loss_and_grad_norm_are_the_logging_steps_own():
+    """Checked against torch's own norm, taken from the gradients the optimizer is about to use."""
+    seen: dict[int, tuple[float, float]] = {}
+    logs: dict[int, dict[str, float]] = {}
+
+    class Watch:
+        @ezpz.hookimpl
+        def on_train_start(self, trainer):
+            def before_step(*_):
+                grads = [p.grad for p in trainer.module.parameters() if p.grad is not None]
+                seen[trainer.step + 1] = (float(trainer._losses[-1].detach()),
+                                          float(torch.nn.utils.get_total_norm(grads)))
+
+            trainer.optimizer.register_step_pre_hook(before_step)
+
+        @ezpz.hookimpl
+        def on_log(self, step, metrics):
+            if "train/loss" in metrics:
+                logs[step] = dict(metrics)
+
+    config = ezpz.TrainConfig(max_steps=9, log_every=3, lr=0.05)
+    ezpz.Trainer(CustomModel(), config, plugins=[Watch()]).fit(DataLoader(_data(), batch_size=8))
+    assert sorted(logs) == [3, 6, 9]
+    for step, metrics in logs.items():
+        loss, norm = seen[step]
+        assert metrics["train/loss"] == pytest.approx(loss, rel=1e-6)
+        assert metrics["train/grad_norm"] == pytest.approx(norm, rel=1e-5)
+
+
 def test_warmup_then_cosine_schedule_reaches_the_floor():
     lrs = []
 
