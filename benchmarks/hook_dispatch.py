@@ -80,7 +80,7 @@ def time_step_end(trainer: ezpz.Trainer, calls: int) -> float:
     hook = trainer.plugins.direct(trainer.hooks.on_step_end)
     start = time.perf_counter()
     for step in range(1, calls + 1):
-        hook(trainer=trainer, step=step)
+        hook(trainer, step)
     return 1e6 * (time.perf_counter() - start) / calls
 
 
@@ -89,7 +89,7 @@ def time_train_step(trainer: ezpz.Trainer, calls: int) -> float:
     model, batch = trainer.model, (None, None)
     start = time.perf_counter()
     for batch_idx in range(calls):
-        hook(trainer=trainer, model=model, batch=batch, batch_idx=batch_idx)
+        hook(trainer, model, batch, batch_idx)
     return 1e6 * (time.perf_counter() - start) / calls
 
 
@@ -97,7 +97,7 @@ def time_plain(calls: int) -> float:
     call, batch = plain_call, (None, None)
     start = time.perf_counter()
     for batch_idx in range(calls):
-        call(trainer=None, model=None, batch=batch, batch_idx=batch_idx)
+        call(None, None, batch, batch_idx)
     return 1e6 * (time.perf_counter() - start) / calls
 
 

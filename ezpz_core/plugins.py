@@ -75,6 +75,16 @@ class PluginInfo:
         return f"disable it with --block {self.name} or EZPZ_BLOCK_PLUGINS={self.name}"
 
 
+def _positional(function: Any, picks: tuple[int, ...], arity: int) -> Any:
+    """``function`` called with the hook's positional arguments it names, in its own order."""
+    if picks == tuple(range(arity)):
+        return function
+    if picks == tuple(range(len(picks))):
+        count = len(picks)
+        return lambda *args: function(*args[:count])
+    return lambda *args: function(*[args[i] for i in picks])
+
+
 class PluginHookError(PluginError):
     """A plugin's hook raised during a run: one line naming the plugin, the hook and the fix.
 
@@ -357,27 +367,34 @@ class Plugins:
     def direct(caller: Any) -> Any:
         """A hook caller without pluggy's per-call machinery, for the per-step hooks.
 
-        Same semantics (reverse registration order honouring tryfirst/trylast,
-        first non-None result for ``firstresult`` hooks, each implementation given
-        only the arguments it names), resolved once instead of on every step.
-        Falls back to ``caller`` itself when wrappers are involved.
+        Called with the hook's arguments positionally, in the spec's order. Same
+        semantics (reverse registration order honouring tryfirst/trylast, first
+        non-None result for ``firstresult`` hooks, each implementation given only
+        the arguments it names), resolved once instead of on every step. Falls
+        back to a keyword call of ``caller`` itself when wrappers are involved.
         """
         impls = caller.get_hookimpls()
-        if any(impl.hookwrapper or impl.wrapper for impl in impls):
-            return caller
-        calls = [(impl.function, impl.argnames) for impl in reversed(impls)]
-        if caller.spec is not None and caller.spec.opts.get("firstresult"):
-            def first(**kwargs: Any) -> Any:
-                for function, names in calls:
-                    result = function(*[kwargs[name] for name in names])
+        order = tuple(caller.spec.argnames) if caller.spec is not None else ()
+        if caller.spec is None or any(impl.hookwrapper or impl.wrapper for impl in impls):
+            return lambda *args: caller(**dict(zip(order, args, strict=True)))
+        bound = [_positional(impl.function, tuple(order.index(n) for n in impl.argnames),
+                             len(order)) for impl in reversed(impls)]
+        if caller.spec.opts.get("firstresult"):
+            if len(bound) == 1:
+                return bound[0]
+
+            def first(*args: Any) -> Any:
+                for function in bound:
+                    result = function(*args)
                     if result is not None:
                         return result
                 return None
 
             return first
 
-        def each(**kwargs: Any) -> list[Any]:
-            return [function(*[kwargs[name] for name in names]) for function, names in calls]
+        def each(*args: Any) -> list[Any]:
+            results = [function(*args) for function in bound]
+            return [result for result in results if result is not None]
 
         return each
 

@@ -144,7 +144,7 @@ class Trainer:
         self._interval_steps = 0
         self._start_time = 0.0
         self._epoch_finished = False
-        self._step_end: Callable[..., Any] = self.hooks.on_step_end
+        self._step_end: Callable[..., Any] = self.plugins.direct(self.hooks.on_step_end)
         self._has_eval = False
         self._epoch_rng: dict[str, Any] | None = None
         self._resume_epoch_rng: dict[str, Any] | None = None
@@ -322,19 +322,22 @@ class Trainer:
                            batch_idx: int, accum: int) -> None:
         """Forward (under autocast) and backward of one micro-batch; keeps the loss on device."""
         if self._autocast_dtype is None:
-            out = train_step(trainer=self, model=model, batch=batch, batch_idx=batch_idx)
+            out = train_step(self, model, batch, batch_idx)
         else:
             with self.autocast():
-                out = train_step(trainer=self, model=model, batch=batch, batch_idx=batch_idx)
-        if out is None:
-            raise PluginError("no train_step hook returned a loss")
-        loss = out[0] if isinstance(out, tuple) else out
+                out = train_step(self, model, batch, batch_idx)
         if isinstance(out, tuple):
-            for key, value in out[1].items():
+            out, extras = out
+            for key, value in extras.items():
                 self._extras.setdefault(key, []).append(value)
-        scaled = loss / accum if accum > 1 else loss
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        self._losses.append(loss)  # this step's only; read (and detached) at logging steps
+        elif out is None:
+            raise PluginError("no train_step hook returned a loss")
+        self._losses.append(out)  # this step's only; read (and detached) at logging steps
+        if accum > 1:
+            out = out / accum
+        if self.scaler is not None:
+            out = self.scaler.scale(out)
+        out.backward()
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step (all ranks together), saving a checkpoint first."""
@@ -361,7 +364,7 @@ class Trainer:
         if self._has_eval and self._eval_due(end_of_epoch, end_of_run):
             self.evaluate()
         if wants_step_end:
-            self._step_end(trainer=self, step=self.step)
+            self._step_end(self, self.step)
         self._losses.clear()
         if self._extras:
             self._extras.clear()

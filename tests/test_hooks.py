@@ -218,3 +218,51 @@ def test_every_hook_spec_has_a_docstring_and_is_called_by_the_trainer():
         if name not in ("register_models", "register_commands", "on_save_checkpoint",
                         "on_load_checkpoint"):
             assert f"hooks.{name}" in loop, f"the Trainer never calls {name}"
+
+
+def test_direct_callers_keep_pluggys_order_arguments_and_first_result():
+    """The per-step fast path must answer exactly as pluggy's own call does."""
+    from ezpz_core.plugins import Plugins
+
+    calls: list[tuple] = []
+
+    class Skips:
+        @ezpz.hookimpl(tryfirst=True)
+        def train_step(self, batch, model):  # not the spec's order, and a subset of it
+            calls.append(("skips", batch, model))
+
+    class Answers:
+        @ezpz.hookimpl
+        def train_step(self, batch_idx, trainer):
+            calls.append(("answers", batch_idx, trainer))
+            return batch_idx * 10
+
+        @ezpz.hookimpl
+        def on_step_end(self, step):
+            calls.append(("step", step))
+
+    class Later:
+        @ezpz.hookimpl
+        def train_step(self):
+            calls.append(("later",))
+            return -1
+
+        @ezpz.hookimpl(trylast=True)
+        def on_step_end(self, trainer, step):
+            calls.append(("step-last", trainer, step))
+            return step
+
+    plugins = Plugins([Later(), Answers(), Skips()], autoload=False)
+    for direct in (False, True):
+        calls.clear()
+        hook = plugins.pm.hook
+        if direct:
+            out = Plugins.direct(hook.train_step)("T", "M", "B", 3)
+            ends = Plugins.direct(hook.on_step_end)("T", 7)
+        else:
+            out = hook.train_step(trainer="T", model="M", batch="B", batch_idx=3)
+            ends = hook.on_step_end(trainer="T", step=7)
+        assert out == 30
+        assert ends == [7]
+        assert calls == [("skips", "B", "M"), ("answers", 3, "T"), ("step", 7),
+                         ("step-last", "T", 7)]
