@@ -61,3 +61,15 @@ def report(title: str, unit: str, results: dict[str, list[float]], baseline: str
         spread = f"{min(values):.3f}-{max(values):.3f}"
         print(f"  {name:<28} median {median:10.3f} {unit}  (range {spread}, n={len(values)})"
               f"  ratio {median / base:.3f}")
+
+
+def report_picture() -> str:
+    """Whether ezpz's run report draws its PNG here: the one default cost an extra switches on."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return "report picture: off (matplotlib not installed, as in a default install)"
+    from importlib import metadata
+
+    return (f"report picture: on (matplotlib {metadata.version('matplotlib')} installed: "
+            "the ezpz[plot] extra), drawn once at the end of each fit")

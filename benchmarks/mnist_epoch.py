@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import ezpz
-from benchmarks.common import interleaved, report
+from benchmarks.common import interleaved, report, report_picture
 from ezpz_models.mnist.data import loaders
 from ezpz_models.mnist.model import MnistCNN
 
@@ -122,6 +122,7 @@ def main() -> None:
     span = "epoch" if batches == len(train) else f"{batches} of {len(train)} batches"
     report(f"MnistCNN, one {span} ({what}), batch {BATCH}, Adam", "s/epoch", results,
            baseline="hand-written loop")
+    print(f"  {report_picture()}")
 
 
 if __name__ == "__main__":

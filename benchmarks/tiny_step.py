@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ezpz
-from benchmarks.common import per_step, report
+from benchmarks.common import per_step, report, report_picture
 
 BATCH, IN, HIDDEN, OUT = 32, 32, 64, 10
 LR, LOG_EVERY = 0.01, 50
@@ -187,6 +187,7 @@ def main() -> None:
              - statistics.median(whole["ezpz (no plugins)"]))
     print(f"  the default plugins add {added * args.steps / 1000:.1f} ms per fit of {args.steps} "
           f"steps ({added:.1f} us/step): their start, per-step and end-of-run work together")
+    print(f"  {report_picture()}")
     if pl is None:
         print("  lightning: skipped (not installed; pip install -e '.[bench]')")
     else:
