@@ -259,9 +259,10 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(gpt_run, tmp_path):
 def test_a_background_save_holds_its_own_step_while_training_runs_on(monkeypatch, tmp_path):
     """Each write is held back 0.3 s, so training is steps ahead of it (updating the very
     parameters in place): the checkpoint must still hold the weights of the step it names."""
+    from conftest import toy_loaders, toy_model
+
     import ezpz
     from ezpz_core import checkpoint as files
-    from tests.conftest import toy_loaders, toy_model
 
     real_write = files.write
 
@@ -300,9 +301,9 @@ def test_a_background_write_that_fails_ends_the_run_and_keeps_the_previous_check
     script = tmp_path / "full_disk_async.py"
     script.write_text(textwrap.dedent(f"""
         import resource, signal, sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
         import ezpz
-        from tests.conftest import toy_loaders, toy_model
+        from conftest import toy_loaders, toy_model
 
         def fit(steps):
             config = ezpz.TrainConfig(max_steps=steps, checkpoint_every=1, lr=0.1,
