@@ -68,6 +68,9 @@ class TrainConfig:
     beta2: float = _field(0.999, "Adam beta2", _fraction)
     grad_accum: int = _field(1, "micro-batches per optimizer step", _positive)
     grad_clip: float = _field(0.0, "clip the gradient norm to this (0: off)", _non_negative)
+    log_grad_norm: bool = _field(
+        False, "log train/grad_norm without clipping too (with clipping it is always logged, "
+        "for free)")
     precision: str = _field("auto", "auto: bf16 autocast where supported, else fp32",
                             _one_of("auto", "fp32", "bf16", "fp16"))
     compile: bool = _field(False, "torch.compile the model")

@@ -134,6 +134,14 @@ def test_kill_9_at_ten_random_instants_then_resume_is_exact(slow_plugin, mnist_d
     finished = run(*args, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert_same(final_weights(reference), final_weights(out))
+    # Ten kills later the history has every logged step exactly once, as if never killed.
+    from ezpz_core.runs import read_records
+
+    def steps(run_dir: Path) -> list[tuple[int, bool]]:
+        return [(r["step"], "train/loss" in r["metrics"])
+                for r in read_records(run_dir / "metrics.jsonl")]
+
+    assert steps(out) == steps(reference)
 
 
 def test_gpt_interrupted_and_resumed_matches_uninterrupted(corpus, slow_plugin, tmp_path):
