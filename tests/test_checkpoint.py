@@ -144,6 +144,22 @@ def test_kill_9_at_ten_random_instants_then_resume_is_exact(slow_plugin, mnist_d
     assert steps(out) == steps(reference)
 
 
+def test_background_writes_beside_forked_loader_workers_match_synchronous_saves(
+        mnist_dir, tmp_path):
+    """Each epoch forks DataLoader workers while the previous step's checkpoint is still being
+    written by a thread; the run must neither hang nor save anything different."""
+    data = ["--data-dir", str(mnist_dir), "--num-workers", "2", "--checkpoint-every", "1",
+            "--keep-last", "1", "--epochs", "2", "--max-steps", "40"]
+    for mode in ("--checkpoint-async", "--no-checkpoint-async"):
+        done = run("train", "mnist", *data, *MNIST[2:], mode, "--out-dir",
+                   str(tmp_path / mode), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    background = checkpoint.load(checkpoint.resolve("latest", tmp_path / "--checkpoint-async"))
+    inline = checkpoint.load(checkpoint.resolve("latest", tmp_path / "--no-checkpoint-async"))
+    assert background["progress"] == inline["progress"] == {"step": 32, "epoch": 2, "batch": 0}
+    assert_same(background["model"], inline["model"])
+
+
 def test_gpt_interrupted_and_resumed_matches_uninterrupted(corpus, slow_plugin, tmp_path):
     data = ["--data", str(corpus), "--checkpoint-every", "5"]
     reference = tmp_path / "reference"
