@@ -40,3 +40,18 @@ def test_data_dir_from_the_environment(mnist_dir, monkeypatch):
     monkeypatch.setenv("EZPZ_DATA_DIR", str(mnist_dir))
     trainer = ezpz.Trainer("mnist", ezpz.TrainConfig(max_steps=1))
     assert trainer.fit().step == 1
+
+
+def test_the_cli_run_logs_the_gradient_norm_as_its_defaults_ask(mnist_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ezpz_core.cli", "train", "mnist", "--data-dir", str(mnist_dir),
+         "--max-steps", "4", "--log-every", "2", "--batch-size", "16", "--quiet",
+         "--out-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    train = [r["metrics"] for r in records if "train/loss" in r["metrics"]]
+    assert len(train) == 2 and all(m["train/grad_norm"] > 0 for m in train)

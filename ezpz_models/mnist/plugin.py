@@ -53,7 +53,7 @@ def register_models(register: Register) -> None:
         description="MnistCNN: two convolutions and two dense layers on 28x28 digits",
         config=MnistOptions,
         train_defaults={"epochs": 3, "batch_size": 64, "lr": 1e-3, "optimizer": "adamw",
-                        "schedule": "cosine", "log_every": 25},
+                        "schedule": "cosine", "log_every": 25, "log_grad_norm": True},
     ))
 
 
